@@ -1,0 +1,3 @@
+from labelfree.cli import main
+
+raise SystemExit(main())

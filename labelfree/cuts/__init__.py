@@ -1,0 +1,1 @@
+"""CUTS: multi-granular unsupervised segmentation (encoder + diffusion condensation)."""

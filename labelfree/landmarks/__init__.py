@@ -1,0 +1,1 @@
+"""Self-supervised landmark discovery: Siamese regressor trained through thin-plate splines."""

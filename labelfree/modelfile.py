@@ -1,0 +1,132 @@
+"""Model files: weights, configuration and a model card, loaded without executing code.
+
+A model file is a ``torch.save`` of a plain dictionary::
+
+    {"format": "labelfree-model", "format_version": 1, "kind": "cuts" | "landmarks",
+     "config": {...}, "card": {...}, "state_dict": {name: tensor}}
+
+holding only tensors, strings, numbers, lists and dicts, so that it is read
+with ``torch.load(weights_only=True)``: a file carrying pickled code is refused.
+``config`` holds what is needed to rebuild the network (channels, sizes,
+normalisation); ``card`` is for people (training data, parameters, metrics,
+engine version).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from labelfree import __version__
+from labelfree.errors import ModelFileError
+from labelfree.io import atomic_path
+
+FORMAT = "labelfree-model"
+FORMAT_VERSION = 1
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+@dataclass
+class ModelFile:
+    """The parts of a model file.
+
+    Attributes
+    ----------
+    kind : str
+        ``"cuts"`` or ``"landmarks"``.
+    config : dict
+        What rebuilds the network.
+    card : dict
+        The model card.
+    state_dict : dict of str to Tensor
+        The weights.
+    """
+
+    kind: str
+    config: dict[str, Any]
+    card: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+
+
+def save_model(path: str | os.PathLike, model: ModelFile) -> Path:
+    """Write a model file atomically, with a ``<name>.card.json`` sidecar for people.
+
+    The card gains ``engine_version`` and ``kind`` if missing.
+    """
+    path = Path(path)
+    card = {"kind": model.kind, "engine_version": __version__, **model.card}
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": model.kind,
+        "config": model.config,
+        "card": card,
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict.items()},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    card_path = path.with_name(path.stem + ".card.json")
+    with atomic_path(card_path) as tmp:
+        tmp.write_text(json.dumps(card, indent=2, default=str))
+    return path
+
+
+def load_model(path: str | os.PathLike, kind: str | None = None) -> ModelFile:
+    """Read a model file safely.
+
+    Parameters
+    ----------
+    path : path-like
+        The file.
+    kind : str, optional
+        Expected kind; a file of another kind is refused.
+
+    Raises
+    ------
+    ModelFileError
+        Missing, unreadable, foreign (not a LabelFree model), code-carrying, or
+        of the wrong kind.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"Model file not found: {path}.")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+        raise ModelFileError(
+            f"{path} is not a readable LabelFree model (corrupted, truncated, or it carries "
+            f"code, which is never executed). Retrain it or use a bundled model. [{type(err).__name__}]"
+        ) from err
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ModelFileError(
+            f"{path} is not a LabelFree model file; train one with `labelfree cuts train` "
+            "or `labelfree landmarks train`."
+        )
+    if payload.get("format_version", 0) > FORMAT_VERSION:
+        raise ModelFileError(f"{path} was written by a newer LabelFree; update the engine.")
+    if kind is not None and payload.get("kind") != kind:
+        raise ModelFileError(
+            f"{path} is a {payload.get('kind')!r} model but a {kind!r} model is needed here."
+        )
+    return ModelFile(
+        kind=payload["kind"],
+        config=dict(payload.get("config", {})),
+        card=dict(payload.get("card", {})),
+        state_dict=dict(payload["state_dict"]),
+    )
+
+
+def bundled_model_path(name: str) -> Path:
+    """Path of a model shipped in ``labelfree/weights`` (e.g. ``"cuts_mr.pt"``)."""
+    path = WEIGHTS_DIR / name
+    if not path.is_file():
+        available = sorted(p.name for p in WEIGHTS_DIR.glob("*.pt"))
+        raise ModelFileError(f"No bundled model {name!r}; available: {available or 'none'}.")
+    return path
