@@ -1,0 +1,99 @@
+"""LabelFreeMRML: volume nodes <-> engine images on a real MRML scene."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer")
+vtk = pytest.importorskip("vtk")
+
+import LabelFreeMRML  # noqa: E402  (the conftest puts LabelFreeCommon on sys.path)
+
+from labelfree.errors import InputError  # noqa: E402
+from labelfree.io import lps_to_ras  # noqa: E402
+
+
+def test_oblique_volume_geometry_round_trips(scene, obliqueVolumeNode, ijkToRas):
+    image = LabelFreeMRML.volumeNodeToImage(obliqueVolumeNode)
+    assert image.array.shape == (6, 32, 40)
+    assert image.channels == 1
+    np.testing.assert_allclose(image.spacing, (0.8, 0.6, 2.5))
+    # Voxel (i, j, k) = (3, 5, 2) lands on the same physical point through both paths.
+    expected = ijkToRas(obliqueVolumeNode) @ np.array([3, 5, 2, 1.0])
+    lps = image.index_to_physical(np.array([[3, 5, 2]]))[0]
+    np.testing.assert_allclose(lps_to_ras(lps), expected[:3], atol=1e-9)
+    # The image is a copy: editing it leaves the node alone.
+    image.array[:] = 0
+    assert LabelFreeMRML.arrayFromVolumeNode(obliqueVolumeNode).max() > 0
+
+    labels = (np.arange(image.array.size).reshape(image.spatial_shape) % 3).astype(np.uint8)
+    colorNode = LabelFreeMRML.createColorTableNode(scene, ["a", "b"])
+    labelNode = LabelFreeMRML.createLabelmapNode(scene, labels, image, "labels", colorNode)
+    np.testing.assert_allclose(ijkToRas(labelNode), ijkToRas(obliqueVolumeNode), atol=1e-9)
+    np.testing.assert_array_equal(LabelFreeMRML.arrayFromVolumeNode(labelNode), labels)
+    assert labelNode.GetDisplayNode().GetColorNodeID() == colorNode.GetID()
+    assert colorNode.GetColorName(2) == "b"
+
+
+def test_linear_parent_transform_is_hardened(scene, obliqueVolumeNode, ijkToRas):
+    transformNode = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    matrix = vtk.vtkMatrix4x4()
+    matrix.SetElement(0, 3, 15.0)
+    matrix.SetElement(0, 0, 0.0)
+    matrix.SetElement(0, 1, -1.0)
+    matrix.SetElement(1, 0, 1.0)
+    matrix.SetElement(1, 1, 0.0)
+    transformNode.SetMatrixTransformToParent(matrix)
+    obliqueVolumeNode.SetAndObserveTransformNodeID(transformNode.GetID())
+    image = LabelFreeMRML.volumeNodeToImage(obliqueVolumeNode)
+    world = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+    expected = world @ ijkToRas(obliqueVolumeNode) @ np.array([1, 2, 3, 1.0])
+    got = lps_to_ras(image.index_to_physical(np.array([[1, 2, 3]]))[0])
+    np.testing.assert_allclose(got, expected[:3], atol=1e-9)
+
+
+def test_rgb_volume_keeps_three_channels(makeVolumeNode):
+    rgba = np.random.default_rng(0).integers(0, 255, (1, 20, 30, 4), dtype=np.uint8)
+    node = makeVolumeNode(rgba, vector=True, name="photo")
+    image = LabelFreeMRML.volumeNodeToImage(node)
+    assert image.channels == 3
+    np.testing.assert_array_equal(image.array, rgba[..., :3])
+
+
+def test_bad_inputs_are_refused_clearly(scene, makeVolumeNode, obliqueVolumeNode):
+    with pytest.raises(InputError, match="No input volume"):
+        LabelFreeMRML.volumeNodeToImage(None)
+    frames = np.zeros((4, 8, 8, 5), dtype=np.float32)
+    with pytest.raises(InputError, match="4-D"):
+        LabelFreeMRML.volumeNodeToImage(makeVolumeNode(frames, vector=True, name="dwi"))
+    empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
+    with pytest.raises(InputError, match="no voxels"):
+        LabelFreeMRML.volumeNodeToImage(empty)
+    grid = scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "warp")
+    obliqueVolumeNode.SetAndObserveTransformNodeID(grid.GetID())
+    with pytest.raises(InputError, match="non-linear"):
+        LabelFreeMRML.volumeNodeToImage(obliqueVolumeNode)
+
+
+def test_ras_point_to_index(obliqueVolumeNode, ijkToRas):
+    image = LabelFreeMRML.volumeNodeToImage(obliqueVolumeNode)
+    ras = ijkToRas(obliqueVolumeNode) @ np.array([7, 4, 3, 1.0])
+    assert LabelFreeMRML.rasToIjkIndex(image, ras[:3]) == (3, 4, 7)
+    with pytest.raises(InputError, match="outside"):
+        LabelFreeMRML.rasToIjkIndex(image, ras[:3] + 1000.0)
+
+
+def test_subject_hierarchy_placement(scene, obliqueVolumeNode):
+    shNode = scene.GetSubjectHierarchyNode()
+    folder = shNode.CreateFolderItem(shNode.GetSceneItemID(), "study")
+    shNode.CreateItem(folder, obliqueVolumeNode)
+    other = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "result")
+    LabelFreeMRML.placeInSubjectHierarchyBeside(scene, other, obliqueVolumeNode)
+    assert shNode.GetItemParent(shNode.GetItemByDataNode(other)) == folder
+
+
+def test_distinct_colors_are_distinct():
+    colors = LabelFreeMRML.distinctColors(40)
+    distances = np.linalg.norm(colors[:, None] - colors[None], axis=-1)
+    assert distances[~np.eye(40, dtype=bool)].min() > 0.02
