@@ -1,0 +1,313 @@
+"""Landmark detection: a trained regressor applied to one image, points in physical space.
+
+From network output to millimetres
+----------------------------------
+The network sees the whole image resampled to ``input_size`` per axis with
+``align_corners=True`` (:mod:`labelfree.landmarks.model`), so a normalised
+coordinate ``c`` in ``[-1, 1]`` on an axis of ``n`` voxels is the continuous
+voxel index ``(c + 1) / 2 * (n - 1)``: ``-1`` is the centre of the first voxel
+and ``+1`` the centre of the last, whatever ``input_size`` is. The index then
+goes to ITK physical space (LPS mm) through spacing, direction and origin
+(:meth:`labelfree.io.Image.index_to_physical`). 2-D images give 2-D points;
+the markups writers place them at ``z = 0``.
+
+Names are stable: landmark ``k`` of a model is always ``LM-<k+1>``
+(``LM-01``...), whichever subset ``keep`` or ``min_importance`` retains, so
+tables from many subjects line up for shape analysis.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from labelfree.devices import resolve_device
+from labelfree.errors import InputError, LabelFreeError
+from labelfree.io import Image, read_image
+from labelfree.landmarks.model import load_landmark_model, predict_landmarks
+from labelfree.markups import markups_format, write_landmark_table, write_markups
+
+ModelLike = str | os.PathLike | tuple | None
+# Landmarks closer than this, in voxels of the network input, coincide.
+MIN_SEPARATION_PX = 0.5
+
+
+@dataclass
+class Landmarks:
+    """Landmarks detected on one image.
+
+    Attributes
+    ----------
+    points_lps : ndarray
+        ``(K, ndim)`` physical positions, ITK space (LPS), mm.
+    names : list of str
+        Stable names ``LM-01``... (the model's landmark number).
+    importance : ndarray
+        ``(K,)`` normalised importance (max 1 over the model's landmarks);
+        NaN if the model carries none.
+    index_xyz : ndarray
+        ``(K, ndim)`` continuous voxel indices ``(x, y[, z])`` of the image.
+    normalised : ndarray
+        ``(K, ndim)`` network output in ``[-1, 1]``, ``(x, y[, z])``.
+    ids : ndarray
+        ``(K,)`` the model's landmark numbers (0-based) of these points.
+    """
+
+    points_lps: np.ndarray
+    names: list[str]
+    importance: np.ndarray
+    index_xyz: np.ndarray
+    normalised: np.ndarray
+    ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def ranks(self) -> np.ndarray:
+        """1-based rank of each point by importance among the returned points."""
+        order = np.argsort(-np.nan_to_num(self.importance, nan=-np.inf), kind="stable")
+        ranks = np.empty(len(order), dtype=int)
+        ranks[order] = np.arange(1, len(order) + 1)
+        return ranks
+
+    def write(
+        self, path: str | os.PathLike, *, locked: bool = True, name: str | None = None
+    ) -> Path:
+        """Write as ``.mrk.json``, ``.fcsv`` or ``.csv`` (by suffix); see :mod:`labelfree.markups`."""
+        importance = None if np.isnan(self.importance).all() else self.importance
+        return write_markups(
+            path, self.points_lps, self.names, importance, locked=locked, name=name
+        )
+
+
+def landmark_names(n: int) -> list[str]:
+    """Stable names ``LM-01`` ... ``LM-<n>`` (zero-padded to at least 2 digits)."""
+    width = max(2, len(str(n)))
+    return [f"LM-{k + 1:0{width}d}" for k in range(n)]
+
+
+def normalised_to_physical(normalised: np.ndarray, image: Image) -> tuple[np.ndarray, np.ndarray]:
+    """Map normalised ``(x, y[, z])`` coordinates of ``image`` to indices and LPS mm.
+
+    ``-1`` and ``+1`` are the centres of the first and last voxel of each axis
+    (``align_corners=True``).
+
+    Returns
+    -------
+    index_xyz : ndarray
+        ``(K, ndim)`` continuous voxel indices.
+    points_lps : ndarray
+        ``(K, ndim)`` physical points (LPS, mm).
+    """
+    normalised = np.asarray(normalised, dtype=float)
+    sizes = np.asarray(image.spatial_shape[::-1], dtype=float)
+    index = (normalised + 1.0) * 0.5 * (sizes - 1.0)
+    return index, image.index_to_physical(index)
+
+
+def _resolve_model(model: ModelLike, ndim: int) -> tuple[Any, dict, dict]:
+    if isinstance(model, tuple):
+        regressor, config, card = model
+        if int(config.get("ndim", ndim)) != ndim:
+            raise InputError(
+                f"This is a {config.get('ndim')}-D landmark model but the image is {ndim}-D; "
+                f"use a {ndim}-D model."
+            )
+        return regressor, config, card
+    return load_landmark_model(model, ndim=ndim)
+
+
+def _selection(
+    importance: np.ndarray, keep: int | None, min_importance: float | None
+) -> np.ndarray:
+    """Indices of the landmarks to return, in model order."""
+    n = len(importance)
+    chosen = np.arange(n)
+    if keep is None and min_importance is None:
+        return chosen
+    if np.isnan(importance).any():
+        raise InputError(
+            "This model carries no landmark importance, so --keep/--min-importance cannot "
+            "choose; compute it with `labelfree landmarks importance MODEL IMAGES...`."
+        )
+    if min_importance is not None:
+        if not 0.0 <= min_importance <= 1.0:
+            raise InputError(f"min_importance must be in [0, 1], got {min_importance}.")
+        chosen = chosen[importance >= min_importance]
+        if chosen.size == 0:
+            raise InputError(
+                f"No landmark has importance >= {min_importance}; the highest is "
+                f"{importance.max():.3f}. Lower the threshold."
+            )
+    if keep is not None:
+        if not 1 <= keep <= n:
+            raise InputError(f"keep must be between 1 and {n} (the model's landmarks), got {keep}.")
+        order = chosen[np.argsort(-importance[chosen], kind="stable")]
+        chosen = np.sort(order[:keep])
+    return chosen
+
+
+def _check_separation(normalised: np.ndarray, names: list[str], input_size: int) -> None:
+    """Refuse coincident landmarks: they make the spline singular and the shape degenerate."""
+    if len(normalised) < 2:
+        return
+    pixels = (normalised + 1.0) * 0.5 * (input_size - 1)
+    diff = pixels[:, None, :] - pixels[None, :, :]
+    dist = np.sqrt((diff**2).sum(-1))
+    dist[np.diag_indices(len(dist))] = np.inf
+    i, j = np.unravel_index(np.argmin(dist), dist.shape)
+    if dist[i, j] < MIN_SEPARATION_PX:
+        raise LabelFreeError(
+            f"Landmarks {names[i]} and {names[j]} coincide ({dist[i, j]:.2f} px apart at the "
+            f"model's {input_size}-pixel input): the model has collapsed. Retrain it (more "
+            "epochs or regularisation), or drop redundant landmarks with keep/min_importance."
+        )
+
+
+def detect_landmarks(
+    image: Image,
+    model: ModelLike = None,
+    *,
+    keep: int | None = None,
+    min_importance: float | None = None,
+    device: str = "auto",
+) -> Landmarks:
+    """Detect the model's landmarks on one image or volume.
+
+    Parameters
+    ----------
+    image : labelfree.io.Image
+        A 2-D image (grey or RGB) or a 3-D volume with its geometry.
+    model : path-like, tuple or None
+        A landmark model file, a ``(regressor, config, card)`` tuple from
+        :func:`labelfree.landmarks.model.load_landmark_model` (load once when
+        detecting in a loop), or ``None`` for the bundled model of the
+        image's dimension.
+    keep : int, optional
+        Return only the ``keep`` most important landmarks.
+    min_importance : float, optional
+        Return only landmarks with importance at least this (0..1).
+    device : str
+        ``"auto"``, ``"cpu"`` or ``"cuda"``.
+
+    Returns
+    -------
+    Landmarks
+        Points in the image's physical space (LPS mm), in model order, with
+        stable names and importance.
+
+    Raises
+    ------
+    InputError
+        2-D model on a volume (or the reverse), bad ``keep``/``min_importance``,
+        selection without stored importance.
+    ModelFileError
+        Missing, corrupted or foreign model file.
+    LabelFreeError
+        Two returned landmarks coincide (a collapsed model).
+    """
+    regressor, config, _ = _resolve_model(model, image.ndim)
+    torch_device = resolve_device(device)
+    regressor.to(torch_device)
+    normalised = predict_landmarks(regressor, config, image.array)
+    n = len(normalised)
+    stored = config.get("importance")
+    importance = np.full(n, np.nan) if stored is None else np.asarray(stored, dtype=float)
+    if importance.shape != (n,):
+        raise InputError(f"The model stores {importance.size} importance values for {n} landmarks.")
+    names = landmark_names(n)
+    chosen = _selection(importance, keep, min_importance)
+    _check_separation(normalised[chosen], [names[k] for k in chosen], int(config["input_size"]))
+    index, points = normalised_to_physical(normalised[chosen], image)
+    return Landmarks(
+        points_lps=points,
+        names=[names[k] for k in chosen],
+        importance=importance[chosen],
+        index_xyz=index,
+        normalised=normalised[chosen],
+        ids=chosen,
+    )
+
+
+def output_name(input_path: str | os.PathLike, suffix: str) -> str:
+    """File name for the landmarks of ``input_path``: ``brain.nii.gz`` -> ``brain.mrk.json``."""
+    name = Path(input_path).name
+    for ext in (".nii.gz", ".seg.nrrd", ".nrrd", ".nii", ".mha", ".mhd", ".png", ".jpg", ".jpeg"):
+        if name.lower().endswith(ext):
+            name = name[: -len(ext)]
+            break
+    return name + suffix
+
+
+def detect_files(
+    inputs: Iterable[str | os.PathLike],
+    model: ModelLike,
+    out_dir: str | os.PathLike,
+    *,
+    suffix: str = ".mrk.json",
+    table: str | os.PathLike | None = None,
+    keep: int | None = None,
+    min_importance: float | None = None,
+    device: str = "auto",
+    callback: Callable[[int, int, Path], None] | None = None,
+) -> list[Path]:
+    """Detect landmarks on many images: one landmark file each, plus one table.
+
+    Every input is read and detected before anything is written, so a bad
+    input stops the batch with no partial output.
+
+    Parameters
+    ----------
+    inputs : iterable of path-like
+        Images or volumes (anything :func:`labelfree.io.read_image` reads).
+    model : path-like, tuple or None
+        See :func:`detect_landmarks`; loaded once.
+    out_dir : path-like
+        Folder for the per-image files, named after each input.
+    suffix : str
+        ``".mrk.json"``, ``".fcsv"`` or ``".csv"``.
+    table : path-like, optional
+        Also write all subjects in one table (:func:`labelfree.markups.write_landmark_table`).
+    keep, min_importance, device
+        See :func:`detect_landmarks`.
+    callback : callable, optional
+        Called as ``callback(i, n, path)`` after each detection.
+
+    Returns
+    -------
+    list of Path
+        The written landmark files (and the table last, if asked for).
+    """
+    inputs = [Path(p) for p in inputs]
+    if not inputs:
+        raise InputError("No input images given.")
+    markups_format("x" + suffix)
+    out_dir = Path(out_dir)
+    names = [output_name(p, suffix) for p in inputs]
+    if len(set(names)) != len(names):
+        raise InputError("Two inputs have the same name; their landmark files would collide.")
+    loaded = None
+    results = []
+    for i, path in enumerate(inputs):
+        image = read_image(path)
+        if loaded is None:
+            loaded = _resolve_model(model, image.ndim)
+        results.append(
+            detect_landmarks(image, loaded, keep=keep, min_importance=min_importance, device=device)
+        )
+        if callback is not None:
+            callback(i + 1, len(inputs), path)
+    written = [res.write(out_dir / name) for res, name in zip(results, names, strict=True)]
+    if table is not None:
+        rows = [
+            (name[: -len(suffix)], res.points_lps, res.names, res.importance)
+            for res, name in zip(results, names, strict=True)
+        ]
+        written.append(write_landmark_table(table, rows))
+    return written

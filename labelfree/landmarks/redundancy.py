@@ -1,0 +1,280 @@
+"""How much each learned landmark contributes to registration (redundancy removal).
+
+After training, every image pair is re-registered with all landmarks and with
+each learned landmark left out of both sets; the registration loss with and
+without it says how much the warp needs it. The fixed corner landmarks are
+never left out.
+
+Two scores, both averaged over pairs ``p`` and normalised so that the largest
+is 1:
+
+``"increase"`` (default)
+    ``max(0, mean_p(L_without_k - L_all))``: the expected rise of the
+    registration loss when landmark ``k`` is dropped, in the loss's own
+    units. Signed before averaging, so a landmark whose removal *improves*
+    registration (it pulls the warp the wrong way) scores 0, and a landmark
+    that only matters on one odd pair is not over-weighted.
+``"reference"``
+    ``mean_p((L_all - L_without_k) ** 2)``, the rule of the paper's public
+    code. Squaring treats a harmful landmark like a useful one and lets a few
+    pairs with large changes dominate; kept for comparison.
+
+The registration loss is the mean squared difference between the whitened
+target and the source warped by the thin-plate spline through the landmarks
+(the training match term), evaluated on a grid of ``eval_size`` pixels per
+axis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+from labelfree.errors import InputError, LabelFreeError
+from labelfree.landmarks.model import prepare_image
+from labelfree.landmarks.tps import warp_image
+
+METHODS = ("increase", "reference")
+# Elements of the (batch, pixels, landmarks, ndim) distance tensor per chunk: ~128 MB float32.
+_CHUNK_ELEMENTS = 2**25
+
+
+def image_pairs(n_images: int, n_pairs: int, seed: int = 0) -> np.ndarray:
+    """Ordered pairs ``(source, target)`` of distinct images, ``(P, 2)`` int.
+
+    All ``n (n - 1)`` ordered pairs when there are at most ``n_pairs`` of them,
+    else ``n_pairs`` drawn without replacement.
+
+    Raises
+    ------
+    InputError
+        Fewer than 2 images, or ``n_pairs < 1``.
+    """
+    if n_images < 2:
+        raise InputError(f"Landmark importance needs at least 2 images, got {n_images}.")
+    if n_pairs < 1:
+        raise InputError(f"n_pairs must be at least 1, got {n_pairs}.")
+    all_pairs = np.array(
+        [(s, t) for s in range(n_images) for t in range(n_images) if s != t], dtype=int
+    )
+    if len(all_pairs) <= n_pairs:
+        return all_pairs
+    rng = np.random.default_rng(seed)
+    return all_pairs[np.sort(rng.choice(len(all_pairs), n_pairs, replace=False))]
+
+
+def _registration_losses(
+    source_image: torch.Tensor,
+    target_image: torch.Tensor,
+    source_sets: torch.Tensor,
+    target_sets: torch.Tensor,
+) -> torch.Tensor:
+    """MSE after warping one source onto one target with each landmark set, ``(B,)``.
+
+    ``source_image`` and ``target_image`` are ``(1, 1, *S)``; the landmark sets
+    ``(B, M, D)``. Chunked over ``B`` so the kernel evaluation fits in memory.
+    """
+    n_pixels = target_image[0, 0].numel()
+    batch, m, ndim = target_sets.shape
+    chunk = max(1, _CHUNK_ELEMENTS // (n_pixels * m * ndim))
+    losses = []
+    for start in range(0, batch, chunk):
+        tgt = target_sets[start : start + chunk]
+        src = source_sets[start : start + chunk]
+        images = source_image.expand(len(tgt), *source_image.shape[1:])
+        try:
+            warped = warp_image(images, tgt, src, output_shape=tuple(target_image.shape[2:]))
+        except RuntimeError as err:  # torch.linalg errors on a singular spline system
+            raise LabelFreeError(
+                "The thin-plate spline through the predicted landmarks is singular: two "
+                "landmarks coincide. The model has collapsed; retrain it (more epochs, a "
+                "larger regularisation weight) or use fewer landmarks."
+            ) from err
+        losses.append((warped - target_image).pow(2).flatten(1).mean(1))
+    return torch.cat(losses)
+
+
+def leave_one_out_losses(
+    source_image: torch.Tensor,
+    target_image: torch.Tensor,
+    source_points: torch.Tensor,
+    target_points: torch.Tensor,
+    n_fixed: int = 0,
+) -> tuple[float, np.ndarray]:
+    """Registration loss of one pair with all landmarks and without each learned one.
+
+    Parameters
+    ----------
+    source_image, target_image : Tensor
+        ``(1, 1, *S)`` whitened images on the grid where the loss is measured.
+    source_points, target_points : Tensor
+        ``(K + n_fixed, D)`` normalised landmarks, learned first, fixed last.
+    n_fixed : int
+        Trailing landmarks that are never left out.
+
+    Returns
+    -------
+    loss_all : float
+        Loss with every landmark.
+    loss_without : ndarray
+        ``(K,)`` loss with learned landmark ``k`` left out of both sets.
+    """
+    total, ndim = target_points.shape
+    n_learned = total - n_fixed
+    if total - 1 < ndim + 1:
+        raise InputError(
+            f"Leaving one landmark out needs at least {ndim + 2} landmarks in {ndim}-D "
+            f"(learned + fixed), got {total}."
+        )
+    keep = ~torch.eye(n_learned, total, dtype=torch.bool)
+    src_sets = torch.stack([source_points[row] for row in keep])
+    tgt_sets = torch.stack([target_points[row] for row in keep])
+    all_loss = _registration_losses(
+        source_image, target_image, source_points[None], target_points[None]
+    )
+    without = _registration_losses(source_image, target_image, src_sets, tgt_sets)
+    return float(all_loss[0]), without.double().numpy()
+
+
+def score_importance(loss_all: np.ndarray, loss_without: np.ndarray, method: str) -> np.ndarray:
+    """Turn per-pair losses into normalised importance (max 1; all 0 if nothing matters).
+
+    Parameters
+    ----------
+    loss_all : ndarray
+        ``(P,)`` loss of each pair with all landmarks.
+    loss_without : ndarray
+        ``(P, K)`` loss of each pair without each learned landmark.
+    method : str
+        ``"increase"`` or ``"reference"`` (see the module docstring).
+
+    Returns
+    -------
+    ndarray
+        ``(K,)`` in ``[0, 1]``.
+    """
+    delta = np.asarray(loss_without, dtype=float) - np.asarray(loss_all, dtype=float)[:, None]
+    if method == "increase":
+        raw = np.clip(delta.mean(0), 0.0, None)
+    elif method == "reference":
+        raw = (delta**2).mean(0)
+    else:
+        raise InputError(f"Unknown importance method {method!r}; choose one of {METHODS}.")
+    top = raw.max() if raw.size else 0.0
+    if not np.isfinite(top):
+        raise LabelFreeError("Landmark importance is not finite; the landmarks are degenerate.")
+    return raw / top if top > 0 else np.zeros_like(raw)
+
+
+def importance_from_landmarks(
+    images: np.ndarray,
+    points: np.ndarray,
+    n_fixed: int,
+    pairs: np.ndarray,
+    method: str = "increase",
+) -> np.ndarray:
+    """Importance of each learned landmark given images and their landmarks.
+
+    Parameters
+    ----------
+    images : ndarray
+        ``(N, *S)`` images as the loss should compare them (whitened, on the
+        evaluation grid).
+    points : ndarray
+        ``(N, K + n_fixed, D)`` normalised ``(x, y[, z])`` landmarks of each
+        image, learned first.
+    n_fixed : int
+        Trailing fixed landmarks per image (never scored).
+    pairs : ndarray
+        ``(P, 2)`` ``(source, target)`` image indices (:func:`image_pairs`).
+    method : str
+        ``"increase"`` or ``"reference"``.
+
+    Returns
+    -------
+    ndarray
+        ``(K,)`` importance in ``[0, 1]``, max 1.
+    """
+    if method not in METHODS:
+        raise InputError(f"Unknown importance method {method!r}; choose one of {METHODS}.")
+    imgs = torch.as_tensor(np.asarray(images), dtype=torch.float32)
+    pts = torch.as_tensor(np.asarray(points), dtype=torch.float32)
+    if pts.ndim != 3 or pts.shape[-1] != imgs.ndim - 1 or len(pts) != len(imgs):
+        raise InputError(
+            f"Need (N, M, {imgs.ndim - 1}) landmarks for {len(imgs)} images, got {tuple(pts.shape)}."
+        )
+    loss_all, loss_without = [], []
+    with torch.no_grad():
+        for s, t in np.asarray(pairs, dtype=int):
+            a, w = leave_one_out_losses(
+                imgs[s][None, None], imgs[t][None, None], pts[s], pts[t], n_fixed
+            )
+            loss_all.append(a)
+            loss_without.append(w)
+    return score_importance(np.array(loss_all), np.stack(loss_without), method)
+
+
+def _as_array(image: Any) -> np.ndarray:
+    return image.array if hasattr(image, "array") else np.asarray(image)
+
+
+def landmark_importance(
+    regressor: torch.nn.Module,
+    config: dict[str, Any],
+    images: Sequence[Any],
+    n_pairs: int = 64,
+    seed: int = 0,
+    *,
+    method: str = "increase",
+    eval_size: int | None = None,
+) -> np.ndarray:
+    """Leave-one-out importance of each learned landmark of a trained model.
+
+    Parameters
+    ----------
+    regressor : LandmarkRegressor
+        The trained network (see :func:`labelfree.landmarks.model.load_landmark_model`).
+    config : dict
+        Its configuration (``ndim``, ``input_size``, ``n_fixed``).
+    images : sequence of ndarray or labelfree.io.Image
+        At least 2 images of the kind the model was trained on, any size.
+    n_pairs : int
+        Number of ordered image pairs to average over (all pairs if fewer exist).
+    seed : int
+        Seed of the pair draw.
+    method : str
+        ``"increase"`` (default) or ``"reference"``; see the module docstring.
+    eval_size : int, optional
+        Pixels per axis of the grid where the loss is measured; default
+        ``input_size`` in 2-D and ``min(input_size, 48)`` in 3-D (memory and time).
+
+    Returns
+    -------
+    ndarray
+        ``(K,)`` float, one per learned landmark, max 1. Store it as
+        ``config["importance"]`` (a list) with the model.
+    """
+    ndim, input_size = int(config["ndim"]), int(config["input_size"])
+    if eval_size is None:
+        eval_size = input_size if ndim == 2 else min(input_size, 48)
+    prepared = np.stack([prepare_image(_as_array(img), config) for img in images])
+    pairs = image_pairs(len(prepared), n_pairs, seed)
+    device = next(regressor.parameters()).device
+    was_training = regressor.training
+    regressor.eval()
+    try:
+        with torch.no_grad():
+            batch = torch.from_numpy(prepared)[:, None].to(device)
+            points = torch.cat([regressor.control_points(chunk) for chunk in batch.split(16)]).cpu()
+    finally:
+        regressor.train(was_training)
+    grid = torch.from_numpy(prepared)[:, None]
+    if eval_size != input_size:
+        mode = "bilinear" if ndim == 2 else "trilinear"
+        grid = F.interpolate(grid, size=(eval_size,) * ndim, mode=mode, align_corners=True)
+    n_fixed = int(config.get("n_fixed", points.shape[1] - config["n_landmarks"]))
+    return importance_from_landmarks(grid[:, 0].numpy(), points.numpy(), n_fixed, pairs, method)
