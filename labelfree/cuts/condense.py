@@ -170,20 +170,25 @@ def _initial_epsilon(x: np.ndarray, knn: int) -> float:
     return eps
 
 
-def _diffusion_step(x: np.ndarray, mass: np.ndarray, eps: float) -> np.ndarray:
-    d2 = _sq_dists(x)
-    # Subtracting each row's minimum keeps exp() from underflowing to an all-zero row.
-    d2 -= d2.min(axis=1, keepdims=True)
-    kernel = np.exp(d2 * (-1.0 / eps))
-    kernel *= mass[None, :]
+def _diffusion_step(x: np.ndarray, d2: np.ndarray, mass: np.ndarray, eps: float) -> np.ndarray:
+    # Subtracting each row's minimum keeps exp() from underflowing to an all-zero row;
+    # float32 halves the cost of exp() and the kernel is normalised per row anyway.
+    arg = (d2 - d2.min(axis=1, keepdims=True)).astype(np.float32)
+    arg *= np.float32(-1.0 / eps)
+    kernel = np.exp(arg, out=arg)
+    kernel *= mass.astype(np.float32)[None, :]
     kernel /= kernel.sum(axis=1, keepdims=True)
-    return kernel @ x
+    return kernel.astype(np.float64) @ x
 
 
-def _merge(x: np.ndarray, mass: np.ndarray, radius: float) -> tuple[int, np.ndarray]:
-    d2 = _sq_dists(x)
-    adjacency = sparse.csr_matrix(d2 <= radius * radius)
-    return connected_components(adjacency, directed=False)
+def _components(d2: np.ndarray, radius: float) -> tuple[int, np.ndarray] | None:
+    """Groups of points closer than ``radius``; ``None`` when no two points are."""
+    close = d2 <= radius * radius
+    if np.count_nonzero(close) <= d2.shape[0]:  # only the diagonal
+        return None
+    rows, cols = np.nonzero(np.triu(close, 1))
+    graph = sparse.coo_matrix((np.ones(rows.size), (rows, cols)), shape=d2.shape)
+    return connected_components(graph, directed=False)
 
 
 def _condense_nodes(
@@ -195,34 +200,38 @@ def _condense_nodes(
     merge_tol: float,
     max_steps: int,
 ) -> tuple[list[np.ndarray], list[int], list[float]]:
-    """Run condensation on weighted nodes; return every distinct partition with its life."""
+    """Run condensation on weighted nodes; return every distinct partition with its life.
+
+    A partition's life is the number of diffusion steps (kernel widenings) it lasted.
+    """
     x = x.astype(np.float64)
     mass = mass.astype(np.float64)
-    m = x.shape[0]
     centre = (mass @ x) / mass.sum()
     spread = float(np.sqrt((mass @ ((x - centre) ** 2).sum(axis=1)) / mass.sum()))
     radius = merge_tol * spread
     eps = _initial_epsilon(x, knn)
-    cluster_of = np.arange(m)  # current cluster of each original node
+    cluster_of = np.arange(x.shape[0])  # current cluster of each original node
     partitions, born, eps_at = [cluster_of.copy()], [0], [eps]
-    n_now, comp = _merge(x, mass, radius) if m > 1 else (1, np.zeros(1, dtype=np.int64))
     step = 0
     while True:
-        if n_now < x.shape[0]:
+        d2 = _sq_dists(x)
+        merged = _components(d2, radius)
+        if merged is not None:
+            n_now, comp = merged
             x = _weighted_means(x, mass, comp, n_now)
             mass = np.bincount(comp, weights=mass, minlength=n_now)
             cluster_of = comp[cluster_of]
             partitions.append(cluster_of.copy())
             born.append(step)
             eps_at.append(eps)
-        if n_now == 1 or step >= max_steps:
+            d2 = _sq_dists(x)
+        if x.shape[0] == 1 or step >= max_steps:
             break
         step += 1
-        x = _diffusion_step(x, mass, eps)
+        x = _diffusion_step(x, d2, mass, eps)
         eps *= growth
-        n_now, comp = _merge(x, mass, radius)
     lives = [b2 - b1 for b1, b2 in zip(born[:-1], born[1:], strict=True)]
-    lives.append(max(step - born[-1], 1) if n_now > 1 else max_steps + 1)
+    lives.append(max(step - born[-1], 1) if x.shape[0] > 1 else max_steps + 1)
     return partitions, lives, eps_at
 
 
@@ -246,10 +255,10 @@ def condense(
     normalize: bool = False,
     n_components: int = 32,
     n_nodes: int = 1024,
-    growth: float = 1.05,
+    growth: float = 1.025,
     knn: int = 5,
     merge_tol: float = 1e-3,
-    min_persistence: int = 3,
+    min_persistence: int = 10,
     max_steps: int = 2000,
 ) -> Hierarchy:
     """Diffusion condensation of points into nested clusters, coarsest level first.
@@ -273,7 +282,8 @@ def condense(
     merge_tol : float
         Points closer than ``merge_tol`` times the RMS spread of the data are merged.
     min_persistence : int
-        A partition becomes a level when it lasts at least this many steps.
+        A partition lasting at least this many steps is always a level; besides, the
+        longest-lived partition of each octave of cluster counts is one.
     max_steps : int
         Upper bound on diffusion steps.
 
@@ -320,11 +330,22 @@ def condense(
 def _stable(
     partitions: list[np.ndarray], lives: list[int], n_points: int, min_persistence: int
 ) -> list[int]:
-    counts = [int(p.max()) + 1 if p.size else 0 for p in partitions]
+    """Indices of the partitions kept as levels.
+
+    Kept: every partition lasting ``min_persistence`` steps or more, and in each octave
+    of cluster counts (2-3, 4-7, 8-15, ...) the longest-lived partition (the coarser on
+    ties), so that a granularity slider spans coarse to fine even on data whose fine
+    structure is a continuum, where no fine partition lasts long.
+    """
+    counts = [int(p.max()) + 1 for p in partitions]
     candidates = [i for i, c in enumerate(counts) if 1 < c < n_points]
     if not candidates:
         return [len(partitions) - 1]
-    stable = [i for i in candidates if lives[i] >= min_persistence]
-    if not stable:
-        stable = [max(candidates, key=lambda i: (lives[i], -counts[i]))]
-    return stable
+    keep = {i for i in candidates if lives[i] >= min_persistence}
+    best: dict[int, int] = {}
+    for i in candidates:
+        octave = int(np.log2(counts[i]))
+        j = best.get(octave)
+        if j is None or (lives[i], -counts[i]) > (lives[j], -counts[j]):
+            best[octave] = i
+    return sorted(keep | set(best.values()))

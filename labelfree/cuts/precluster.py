@@ -20,6 +20,8 @@ from labelfree.errors import InputError
 # Rows per block when comparing points with node centres: bounds the temporary
 # (block x n_nodes) distance matrix to a few tens of MB.
 _BLOCK = 4096
+# Points per node in the subsample that k-means refines its centres on.
+_SAMPLE_PER_NODE = 4
 
 
 @dataclass(frozen=True)
@@ -148,13 +150,16 @@ def _micro_clusters(
         nodes, node_of = np.unique(x, axis=0, return_inverse=True)
         mass = np.bincount(node_of.ravel(), minlength=nodes.shape[0]).astype(np.float64)
         return node_of.ravel().astype(np.int32), nodes.astype(np.float32), mass
-    centres = x[np.sort(rng.choice(n, size=n_nodes, replace=False))]
-    labels = nearest_centre(x, centres)
+    # Lloyd iterations on a subsample, then one pass over all points: the centres only
+    # need to cover the data densely, not to be an exact k-means optimum.
+    sample = x[np.sort(rng.choice(n, size=min(n, _SAMPLE_PER_NODE * n_nodes), replace=False))]
+    centres = sample[np.sort(rng.choice(sample.shape[0], size=n_nodes, replace=False))]
     for _ in range(n_iter):
-        sums, count = _centres_of(x, labels, centres.shape[0])
+        labels = nearest_centre(sample, centres)
+        sums, count = _centres_of(sample, labels, centres.shape[0])
         keep = count > 0
         centres = (sums[keep] / count[keep, None]).astype(np.float32)
-        labels = nearest_centre(x, centres)
+    labels = nearest_centre(x, centres)
     # Drop centres that ended up empty (duplicates in the sample) and renumber.
     sums, count = _centres_of(x, labels, centres.shape[0])
     keep = count > 0
