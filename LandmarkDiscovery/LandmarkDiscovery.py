@@ -1,0 +1,391 @@
+import logging
+import pathlib
+from typing import Annotated
+
+import qt
+import slicer
+import vtk
+from LandmarkDiscoveryLib import LandmarkDiscoveryLogic
+from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+#
+# LandmarkDiscovery
+#
+
+
+class LandmarkDiscovery(ScriptedLoadableModule):
+    """Uses ScriptedLoadableModule base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+    """
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("Landmark Discovery")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Shape Analysis")]
+        self.parent.dependencies = ["Markups"]
+        self.parent.contributors = ["LabelFree contributors"]
+        self.parent.helpText = _("""
+Finds K named, importance-ranked anatomical landmarks in a volume with a self-supervised
+Siamese landmark regressor (no annotations needed), as a locked markups point list in the
+volume's space. A batch mode writes one landmark file per volume of a folder and one table
+for statistical shape analysis.
+See the <a href="https://github.com/labelfree/SlicerLabelFree#landmarkdiscovery">documentation</a>.
+""")
+        self.parent.acknowledgementText = _("""
+Self-supervised landmark discovery after Bhalodia et al. (Siamese regressor trained through
+thin-plate-spline registration). Part of the LabelFree extension.
+""")
+
+
+#
+# LandmarkDiscoveryParameterNode
+#
+
+
+@parameterNodeWrapper
+class LandmarkDiscoveryParameterNode:
+    """
+    The parameters needed by the module.
+
+    inputVolume - The volume in which landmarks are found.
+    useBundledModel - Use the model shipped with the extension.
+    modelPath - A landmark model file (.pt) trained with LabelFree, used when useBundledModel is off.
+    landmarkCount - How many of the most important landmarks to keep (0 keeps all).
+    minImportance - Keep only landmarks at least this important (0 keeps all).
+    device - Where the network runs.
+    outputLandmarks - The markups point list that receives the landmarks.
+    batchInputFolder - Folder of volumes for batch mode.
+    batchOutputFolder - Folder that receives one landmark file per volume and the table.
+    batchFormat - File type of the per-volume landmark files.
+    """
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    useBundledModel: bool = True
+    modelPath: pathlib.Path
+    landmarkCount: Annotated[int, WithinRange(0, 1000)] = 0
+    minImportance: Annotated[float, WithinRange(0.0, 1.0)] = 0.0
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    outputLandmarks: vtkMRMLMarkupsFiducialNode
+    batchInputFolder: pathlib.Path
+    batchOutputFolder: pathlib.Path
+    batchFormat: Annotated[str, Choice([".mrk.json", ".fcsv", ".csv"])] = ".mrk.json"
+
+
+#
+# LandmarkDiscoveryWidget
+#
+
+
+class LandmarkDiscoveryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Uses ScriptedLoadableModuleWidget base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+    """
+
+    def __init__(self, parent=None) -> None:
+        """Called when the user opens the module the first time and the widget is initialized."""
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)  # needed for parameter node observation
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._batchSteps = None
+        self._batchTimer = None
+
+    def setup(self) -> None:
+        """Called when the user opens the module the first time and the widget is initialized."""
+        ScriptedLoadableModuleWidget.setup(self)
+
+        # Load widget from .ui file (created by Qt Designer).
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/LandmarkDiscovery.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+
+        # Set scene in MRML widgets.
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        # The logic does the work; it is Qt-free and can be used from scripts.
+        self.logic = LandmarkDiscoveryLogic(slicer.mrmlScene)
+
+        # Connections
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
+        self.ui.batchButton.connect("clicked(bool)", self.onBatchButton)
+        self.ui.progressBar.hide()
+
+        # Make sure parameter node is initialized (needed for module reload)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        """Called when the application closes and the module widget is destroyed."""
+        self._stopBatch()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        """Called each time the user opens this module."""
+        # Make sure parameter node exists and observed
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        """Called each time the user opens a different module."""
+        # Do not react to parameter node changes (GUI will be updated when the user enters into the module)
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(
+                self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply
+            )
+
+    def onSceneStartClose(self, caller, event) -> None:
+        """Called just before the scene is closed."""
+        self._stopBatch()
+        # Parameter node will be reset, do not use it anymore
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        """Called just after the scene is closed."""
+        # If this module is shown while the scene is closed then recreate a new parameter node immediately
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        """Ensure parameter node exists and observed."""
+        # Parameter node stores all user choices in parameter values, node selections, etc.
+        # so that when the scene is saved and reloaded, these settings are restored.
+        self.setParameterNode(LandmarkDiscoveryParameterNode(self.logic.getParameterNode()))
+
+        # Select default input nodes if nothing is selected yet to save a few clicks for the user
+        if not self._parameterNode.inputVolume:
+            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolumeNode:
+                self._parameterNode.inputVolume = firstVolumeNode
+
+    def setParameterNode(self, inputParameterNode: LandmarkDiscoveryParameterNode | None) -> None:
+        """
+        Set and observe parameter node.
+        Observation is needed because when the parameter node is changed then the GUI must be updated immediately.
+        """
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(
+                self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply
+            )
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            # Note: in the .ui file, a Qt dynamic property called "SlicerParameterName" is set on each
+            # ui element that needs connection.
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self._checkCanApply()
+
+    def _checkCanApply(self, caller=None, event=None) -> None:
+        node = self._parameterNode
+        hasModel = node is not None and (
+            node.useBundledModel or str(node.modelPath) not in ("", ".")
+        )
+        self.ui.modelPathLineEdit.enabled = node is not None and not node.useBundledModel
+        if node and node.inputVolume and hasModel:
+            self.ui.applyButton.toolTip = _("Find landmarks in the input volume")
+            self.ui.applyButton.enabled = True
+        else:
+            self.ui.applyButton.toolTip = _("Select an input volume and a model")
+            self.ui.applyButton.enabled = False
+        self.ui.exportButton.enabled = bool(node and node.outputLandmarks)
+        batchReady = node is not None and hasModel and str(node.batchInputFolder) not in ("", ".")
+        batchReady = batchReady and str(node.batchOutputFolder) not in ("", ".")
+        self.ui.batchButton.enabled = batchReady or self._batchSteps is not None
+
+    def _modelPath(self):
+        return None if self._parameterNode.useBundledModel else self._parameterNode.modelPath
+
+    def _ensureDependencies(self) -> bool:
+        """Ask for consent and install torch and the engine's packages, if they are missing."""
+        try:
+            from LabelFreeCommon import LabelFreeDependencies
+        except ImportError:
+            return True  # running from a source tree where the engine is importable
+        return LabelFreeDependencies.ensureDependencies()
+
+    def onApplyButton(self) -> None:
+        """Run processing when user clicks "Apply" button."""
+        with slicer.util.tryWithErrorDisplay(_("Failed to find landmarks."), waitCursor=True):
+            if not self._ensureDependencies():
+                return
+            p = self._parameterNode
+            outputNode = self.logic.detect(
+                p.inputVolume,
+                modelPath=self._modelPath(),
+                keep=p.landmarkCount or None,
+                minImportance=p.minImportance or None,
+                outputNode=p.outputLandmarks,
+                device=p.device,
+            )
+            p.outputLandmarks = outputNode
+            n = outputNode.GetNumberOfControlPoints()
+            self.ui.statusLabel.text = _("Found {count} landmarks.").format(count=n)
+
+    def onExportButton(self) -> None:
+        """Write the output landmarks to .mrk.json, .fcsv or .csv."""
+        node = self._parameterNode.outputLandmarks
+        path = qt.QFileDialog.getSaveFileName(
+            slicer.util.mainWindow(),
+            _("Export landmarks"),
+            node.GetName() + ".mrk.json",
+            _("Markups JSON (*.mrk.json);;Fiducial CSV (*.fcsv);;Table (*.csv)"),
+        )
+        if not path:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to export landmarks."), waitCursor=True):
+            written = self.logic.exportLandmarks(node, path)
+            self.ui.statusLabel.text = _("Wrote {path}").format(path=str(written))
+
+    def onBatchButton(self) -> None:
+        """Start batch detection over a folder, or cancel it when it runs."""
+        if self._batchSteps is not None:
+            self._stopBatch()
+            self.ui.statusLabel.text = _("Batch cancelled; the table was not written.")
+            return
+        with slicer.util.tryWithErrorDisplay(
+            _("Failed to start batch detection."), waitCursor=True
+        ):
+            if not self._ensureDependencies():
+                return
+            p = self._parameterNode
+            self._batchSteps = self.logic.batchDetectSteps(
+                p.batchInputFolder,
+                p.batchOutputFolder,
+                modelPath=self._modelPath(),
+                keep=p.landmarkCount or None,
+                minImportance=p.minImportance or None,
+                fileFormat=p.batchFormat,
+                device=p.device,
+            )
+            self.ui.batchButton.text = _("Cancel")
+            self.ui.progressBar.value = 0
+            self.ui.progressBar.show()
+            self._batchTimer = qt.QTimer()
+            self._batchTimer.timeout.connect(self._onBatchStep)
+            self._batchTimer.start(0)
+
+    def _onBatchStep(self) -> None:
+        """Advance the batch by one volume; the GUI stays responsive between volumes."""
+        try:
+            report = next(self._batchSteps)
+        except StopIteration as done:
+            self._stopBatch()
+            result = done.value
+            self.ui.statusLabel.text = _(
+                "Wrote {n} landmark files and {table}; {failed} failed."
+            ).format(n=len(result.files), table=str(result.table), failed=len(result.failures))
+            for path, message in result.failures:
+                logging.warning(f"{path}: {message}")
+            return
+        except Exception as error:
+            self._stopBatch()
+            slicer.util.errorDisplay(_("Batch detection failed: {error}").format(error=error))
+            return
+        self.ui.progressBar.value = int(100 * report.fraction)
+        self.ui.statusLabel.text = report.message
+
+    def _stopBatch(self) -> None:
+        if self._batchTimer is not None:
+            self._batchTimer.stop()
+            self._batchTimer = None
+        if self._batchSteps is not None:
+            self._batchSteps.close()  # nothing half-written: the table is written last, atomically
+            self._batchSteps = None
+        if hasattr(self, "ui"):
+            self.ui.batchButton.text = _("Run batch")
+            self.ui.progressBar.hide()
+            self._checkCanApply()
+
+
+#
+# LandmarkDiscoveryTest
+#
+
+
+class LandmarkDiscoveryTest(ScriptedLoadableModuleTest):
+    """
+    This is the test case for your scripted module.
+    Uses ScriptedLoadableModuleTest base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+    """
+
+    def setUp(self):
+        """Do whatever is needed to reset the state - typically a scene clear will be enough."""
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        """Run as few or as many tests as needed here."""
+        self.setUp()
+        self.test_LandmarkDiscovery1()
+
+    def test_LandmarkDiscovery1(self):
+        """Find landmarks on a synthetic oblique volume with a freshly made model, end to end:
+        geometry, parent transform, locking, export and read-back, and a refused bad input.
+        Nothing is downloaded.
+        """
+        import tempfile
+
+        import numpy as np
+        from LandmarkDiscoveryLib.testdata import makeSyntheticVolumeNode, makeTinyLandmarkModel
+
+        self.delayDisplay("Starting the test")
+        workDir = pathlib.Path(
+            tempfile.mkdtemp(prefix="LandmarkDiscoveryTest", dir=slicer.app.temporaryPath)
+        )
+        modelPath = makeTinyLandmarkModel(workDir / "tiny.pt", ndim=3)
+        volumeNode = makeSyntheticVolumeNode(slicer.mrmlScene, "SyntheticBlobs")
+        self.delayDisplay("Made a synthetic volume and a small landmark model")
+
+        logic = LandmarkDiscoveryLogic()
+        markups = logic.detect(volumeNode, modelPath=modelPath, keep=5)
+        self.assertEqual(markups.GetNumberOfControlPoints(), 5)
+        self.assertTrue(markups.GetLocked())
+        self.assertTrue(markups.GetFixedNumberOfControlPoints())
+
+        # Every landmark lies inside the volume's bounds in RAS.
+        bounds = [0.0] * 6
+        volumeNode.GetRASBounds(bounds)
+        positions = slicer.util.arrayFromMarkupsControlPoints(markups, world=True)
+        for axis in range(3):
+            self.assertTrue(np.all(positions[:, axis] >= bounds[2 * axis] - 1e-3))
+            self.assertTrue(np.all(positions[:, axis] <= bounds[2 * axis + 1] + 1e-3))
+
+        # A parent transform on the volume moves the landmarks with it.
+        transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+        matrix = vtk.vtkMatrix4x4()
+        matrix.SetElement(0, 3, 25.0)
+        transform.SetMatrixTransformToParent(matrix)
+        volumeNode.SetAndObserveTransformNodeID(transform.GetID())
+        moved = logic.detect(volumeNode, modelPath=modelPath, keep=5)
+        movedPositions = slicer.util.arrayFromMarkupsControlPoints(moved, world=True)
+        np.testing.assert_allclose(movedPositions, positions + [25.0, 0.0, 0.0], atol=1e-3)
+
+        # Export and read back with Slicer's own reader.
+        path = logic.exportLandmarks(moved, workDir / "landmarks.mrk.json")
+        loaded = slicer.util.loadMarkups(str(path))
+        np.testing.assert_allclose(
+            slicer.util.arrayFromMarkupsControlPoints(loaded), movedPositions, atol=1e-3
+        )
+        self.delayDisplay("Detection, transform and export verified")
+
+        # A bad input leaves the scene as it was.
+        nodesBefore = slicer.mrmlScene.GetNumberOfNodes()
+        with self.assertRaises(ValueError):
+            logic.detect(None, modelPath=modelPath)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
+
+        self.delayDisplay("Test passed")

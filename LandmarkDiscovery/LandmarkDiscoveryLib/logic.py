@@ -1,0 +1,317 @@
+"""LandmarkDiscoveryLogic: landmarks of a volume node as a markups point list, export, batch.
+
+Qt-free: MRML classes, vtk, numpy and the ``labelfree`` engine. torch is imported
+only when detection runs, so loading the module never needs it.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import slicer
+import vtk
+from LabelFreeMRML import placeInSubjectHierarchyBeside, volumeNodeToImage
+
+from labelfree.errors import InputError
+from labelfree.io import Image, lps_to_ras
+
+from .batch import batchDetectSteps
+from .export import exportLandmarksNode
+from .nodes import (
+    IMPORTANCE_ATTRIBUTE,
+    MODEL_ATTRIBUTE,
+    NodeSnapshot,
+    fillLandmarksNode,
+    importanceDescriptions,
+)
+
+MODULE_NAME = "LandmarkDiscovery"
+
+
+class LandmarkDiscoveryLogic:
+    """Find self-supervised landmarks in volume nodes; export them; run over folders.
+
+    Usable without the GUI: every method blocks until done, raises a
+    :class:`labelfree.errors.LabelFreeError` (a ``ValueError``) with a message that says
+    what to do, and leaves the scene as it was when it fails.
+
+    Parameters
+    ----------
+    scene : vtkMRMLScene, optional
+        The scene to work in; ``slicer.mrmlScene`` inside the application.
+
+    Example
+    -------
+    In Slicer's Python console (or ``Slicer --no-main-window --python-script``)::
+
+        from LandmarkDiscoveryLib import LandmarkDiscoveryLogic
+        logic = LandmarkDiscoveryLogic()                    # works in slicer.mrmlScene
+        volume = slicer.util.loadVolume("head.nrrd")
+        landmarks = logic.detect(volume, keep=20)           # bundled model, 20 most important
+        logic.exportLandmarks(landmarks, "head.mrk.json")   # or .fcsv, .csv
+        result = logic.batchDetect("scans/", "out/", modelPath="my_model.pt")
+        print(result.table, len(result.files), result.failures)
+    """
+
+    def __init__(self, scene=None):
+        if scene is None:
+            scene = getattr(slicer, "mrmlScene", None)
+        if scene is None:
+            raise InputError(
+                "No MRML scene: pass one, e.g. LandmarkDiscoveryLogic(slicer.vtkMRMLScene())."
+            )
+        self.scene = scene
+
+    def getParameterNode(self):
+        """The module's singleton ``vtkMRMLScriptedModuleNode`` (created on first use)."""
+        node = self.scene.GetSingletonNode(MODULE_NAME, "vtkMRMLScriptedModuleNode")
+        if node is None:
+            node = slicer.vtkMRMLScriptedModuleNode()
+            node.SetName(self.scene.GenerateUniqueName(MODULE_NAME))
+            node.SetAttribute("ModuleName", MODULE_NAME)
+            node.SetSingletonTag(MODULE_NAME)
+            node = self.scene.AddNode(node)
+        return node
+
+    # ------------------------------------------------------------------ single volume
+
+    def findLandmarks(
+        self, volumeNode, modelPath=None, keep=None, minImportance=None, device="auto"
+    ):
+        """Run the engine on a volume node without touching the scene.
+
+        Parameters
+        ----------
+        volumeNode : vtkMRMLScalarVolumeNode
+            A 3-D scalar volume, or a single-slice volume (a 2-D image) for 2-D models.
+        modelPath : str or Path, optional
+            A LabelFree landmark model; ``None`` uses the bundled model for the volume's dimension.
+        keep : int, optional
+            Keep only this many of the most important landmarks.
+        minImportance : float, optional
+            Keep only landmarks at least this important (importance is 1 for the most important).
+        device : str
+            ``"auto"``, ``"cpu"`` or ``"cuda"``.
+
+        Returns
+        -------
+        pointsRas : ndarray
+            ``(K, 3)`` world RAS mm (through the volume's parent transforms).
+        names : list of str
+            Stable landmark names.
+        importance : ndarray
+            ``(K,)`` in ``[0, 1]``.
+        total : int
+            How many landmarks the model predicts before ``keep``/``minImportance``.
+        """
+        from labelfree.landmarks.detect import detect_landmarks
+        from labelfree.landmarks.model import load_landmark_model
+
+        self._checkVolumeNode(volumeNode)
+        image = volumeNodeToImage(volumeNode)
+        engineImage = _asEngineImage(image)
+        model = None if modelPath in (None, "") else Path(modelPath)
+        loaded = load_landmark_model(model, ndim=engineImage.ndim)
+        landmarks = detect_landmarks(
+            engineImage, loaded, keep=keep, min_importance=minImportance, device=device
+        )
+        indexXyz = np.asarray(landmarks.index_xyz, dtype=float).reshape(len(landmarks.names), -1)
+        if indexXyz.shape[1] == 2:  # a 2-D image is a one-slice volume: k = 0
+            indexXyz = np.concatenate([indexXyz, np.zeros((len(indexXyz), 1))], axis=1)
+        pointsLps = image.index_to_physical(indexXyz)
+        importance = np.asarray(landmarks.importance, dtype=float)
+        return (
+            lps_to_ras(pointsLps),
+            list(landmarks.names),
+            importance,
+            int(loaded[1]["n_landmarks"]),
+        )
+
+    def detect(
+        self,
+        volumeNode,
+        modelPath=None,
+        keep=None,
+        minImportance=None,
+        outputNode=None,
+        device="auto",
+    ):
+        """Find landmarks in ``volumeNode`` and put them in a markups point list.
+
+        The point list holds one control point per landmark, labelled with the landmark's
+        name, its importance and rank in the description, locked and fixed in number. It is
+        placed under the volume's parent transform (points follow the volume when the
+        transform changes) and beside the volume in the subject hierarchy.
+
+        Parameters
+        ----------
+        volumeNode, modelPath, keep, minImportance, device
+            See :meth:`findLandmarks`.
+        outputNode : vtkMRMLMarkupsFiducialNode, optional
+            Reused (its points are replaced); a new node named ``<volume>_landmarks`` otherwise.
+
+        Returns
+        -------
+        vtkMRMLMarkupsFiducialNode
+            The point list.
+        """
+        if outputNode is not None and not outputNode.IsA("vtkMRMLMarkupsFiducialNode"):
+            raise InputError(
+                "The output must be a markups point list (vtkMRMLMarkupsFiducialNode)."
+            )
+        pointsWorld, names, importance, total = self.findLandmarks(
+            volumeNode, modelPath, keep, minImportance, device
+        )
+        transformNode = volumeNode.GetParentTransformNode()
+        pointsLocal = _worldToLocal(pointsWorld, transformNode)
+        descriptions = importanceDescriptions(importance, total)
+        modelName = str(modelPath) if modelPath not in (None, "") else "bundled"
+        return self._writeNode(
+            outputNode,
+            volumeNode,
+            transformNode,
+            pointsLocal,
+            names,
+            descriptions,
+            importance,
+            modelName,
+        )
+
+    def exportLandmarks(self, markupsNode, path, world=True):
+        """Write a point list to ``.mrk.json``, ``.fcsv`` or ``.csv`` (by suffix); returns the path.
+
+        ``world=True`` writes positions through the node's parent transforms (what the views
+        show). Importance and rank travel in each point's description (and a column in CSV).
+        """
+        return exportLandmarksNode(markupsNode, path, world=world)
+
+    # ------------------------------------------------------------------ batch
+
+    def batchDetectSteps(
+        self,
+        inputs,
+        outputFolder,
+        modelPath=None,
+        keep=None,
+        minImportance=None,
+        fileFormat=".mrk.json",
+        device="auto",
+        tableName="landmarks_table.csv",
+    ):
+        """Batch detection as steps: a generator yielding ``Progress`` and returning a ``BatchResult``.
+
+        Reads files with the engine, never touches the scene. See :meth:`batchDetect`.
+        """
+        return batchDetectSteps(
+            inputs, outputFolder, modelPath, keep, minImportance, fileFormat, device, tableName
+        )
+
+    def batchDetect(
+        self,
+        inputs,
+        outputFolder,
+        modelPath=None,
+        keep=None,
+        minImportance=None,
+        fileFormat=".mrk.json",
+        device="auto",
+        tableName="landmarks_table.csv",
+        progressCallback=None,
+    ):
+        """Find landmarks in every volume of a folder (or a list of files).
+
+        Writes ``<name>_landmarks<fileFormat>`` per volume into ``outputFolder`` and one table
+        ``tableName`` (``subject, label, importance, r, a, s``, RAS) of all of them for shape
+        analysis. A volume that cannot be read is reported in ``failures`` and skipped.
+
+        Returns
+        -------
+        BatchResult
+            ``files`` (written landmark files), ``table`` (the table path), ``failures``
+            (``(path, message)`` pairs).
+        """
+        from labelfree.progress import run_steps
+
+        steps = self.batchDetectSteps(
+            inputs, outputFolder, modelPath, keep, minImportance, fileFormat, device, tableName
+        )
+        return run_steps(steps, progressCallback)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _checkVolumeNode(self, volumeNode):
+        if volumeNode is None:
+            raise InputError("No input volume selected; select a volume first.")
+        if not volumeNode.IsA("vtkMRMLScalarVolumeNode"):
+            raise InputError(
+                f"'{volumeNode.GetName()}' is not a scalar volume; select an image volume."
+            )
+        if volumeNode.GetScene() is not self.scene:
+            raise InputError(
+                f"'{volumeNode.GetName()}' belongs to another scene than this logic's."
+            )
+
+    def _writeNode(
+        self,
+        outputNode,
+        volumeNode,
+        transformNode,
+        pointsLocal,
+        names,
+        descriptions,
+        importance,
+        modelName,
+    ):
+        """Fill (or create) the point list; on any error put the scene back as it was."""
+        created = outputNode is None
+        snapshot = None if created else NodeSnapshot(outputNode)
+        try:
+            if created:
+                outputNode = self.scene.AddNewNodeByClass(
+                    "vtkMRMLMarkupsFiducialNode",
+                    self.scene.GenerateUniqueName(f"{volumeNode.GetName()}_landmarks"),
+                )
+                outputNode.CreateDefaultDisplayNodes()
+            outputNode.SetAndObserveTransformNodeID(
+                transformNode.GetID() if transformNode else None
+            )
+            fillLandmarksNode(outputNode, pointsLocal, names, descriptions, locked=True)
+            outputNode.SetAttribute(IMPORTANCE_ATTRIBUTE, " ".join(f"{w:.6g}" for w in importance))
+            outputNode.SetAttribute(MODEL_ATTRIBUTE, modelName)
+            if created:
+                placeInSubjectHierarchyBeside(self.scene, outputNode, volumeNode)
+        except Exception:
+            if created and outputNode is not None:
+                self._removeNode(outputNode)
+            elif snapshot is not None:
+                snapshot.restore()
+            raise
+        return outputNode
+
+    def _removeNode(self, node):
+        for i in range(node.GetNumberOfDisplayNodes()):
+            displayNode = node.GetNthDisplayNode(i)
+            if displayNode is not None:
+                self.scene.RemoveNode(displayNode)
+        self.scene.RemoveNode(node)
+
+
+def _asEngineImage(image: Image) -> Image:
+    """A one-slice volume becomes a 2-D image (index geometry) so 2-D models can run on it.
+
+    Only ``index_xyz`` of the engine's result is used, so the 2-D geometry need not be physical.
+    """
+    if image.ndim == 3 and image.spatial_shape[0] == 1:
+        array = image.array[0]
+        return Image(array, image.spacing[:2], (0.0, 0.0), np.eye(2), image.channels)
+    return image
+
+
+def _worldToLocal(pointsWorldRas, transformNode):
+    """World RAS points into the frame under ``transformNode`` (linear; checked on conversion)."""
+    if transformNode is None:
+        return np.asarray(pointsWorldRas, dtype=float)
+    toWorld = vtk.vtkMatrix4x4()
+    transformNode.GetMatrixTransformToWorld(toWorld)
+    matrix = np.array([[toWorld.GetElement(r, c) for c in range(4)] for r in range(4)])
+    homogeneous = np.c_[np.asarray(pointsWorldRas, dtype=float), np.ones(len(pointsWorldRas))]
+    return (np.linalg.solve(matrix, homogeneous.T).T)[:, :3]

@@ -1,0 +1,362 @@
+"""LandmarkDiscoveryLogic on a real MRML scene (PyPI slicer-core, no Qt).
+
+The landmark models are small but real: the engine's regressor with seeded random
+weights, written and read through the engine's model files. Expected positions are
+computed independently of the module: the engine runs on an Image built here from the
+node's own IJK-to-RAS matrix, and its LPS points are converted to RAS.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer")
+vtk = pytest.importorskip("vtk")
+
+from LandmarkDiscoveryLib import LandmarkDiscoveryLogic  # noqa: E402  (conftest sets sys.path)
+from LandmarkDiscoveryLib.nodes import NodeSnapshot, landmarksFromNode  # noqa: E402
+from LandmarkDiscoveryLib.testdata import makeTinyLandmarkModel  # noqa: E402
+
+from labelfree.errors import InputError, LabelFreeError, ModelFileError  # noqa: E402
+from labelfree.io import Image, lps_to_ras, read_image, write_image  # noqa: E402
+from labelfree.landmarks.detect import detect_landmarks  # noqa: E402
+from labelfree.markups import read_csv, read_landmark_table, read_markups  # noqa: E402
+
+N_LANDMARKS = 8
+LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    """Paths of a 3-D and a 2-D landmark model and of a CUTS model (the wrong kind)."""
+    from labelfree.cuts.model import CutsModel, save_cuts_model
+    from labelfree.cuts.normalise import default_normalisation
+
+    folder = tmp_path_factory.mktemp("models")
+    cuts = CutsModel(1, embed_dim=8)
+    return {
+        3: makeTinyLandmarkModel(folder / "tiny3d.pt", ndim=3, nLandmarks=N_LANDMARKS),
+        2: makeTinyLandmarkModel(folder / "tiny2d.pt", ndim=2, nLandmarks=N_LANDMARKS),
+        "cuts": save_cuts_model(
+            folder / "cuts.pt", cuts, {"normalisation": default_normalisation(1)}, {}
+        ),
+    }
+
+
+def imageFromNodeMatrix(array, ijkToRasMatrix):
+    """An engine Image of ``array`` [k, j, i] in the geometry of a 4x4 IJK-to-RAS matrix."""
+    linear = ijkToRasMatrix[:3, :3]
+    spacing = np.linalg.norm(linear, axis=0)
+    return Image(
+        array=np.asarray(array),
+        spacing=tuple(spacing),
+        origin=tuple(LPS_FROM_RAS @ ijkToRasMatrix[:3, 3]),
+        direction=LPS_FROM_RAS @ (linear / spacing),
+    )
+
+
+def nodeArray(volumeNode):
+    from vtk.util import numpy_support
+
+    imageData = volumeNode.GetImageData()
+    dims = imageData.GetDimensions()
+    scalars = numpy_support.vtk_to_numpy(imageData.GetPointData().GetScalars())
+    return scalars.reshape(dims[2], dims[1], dims[0])
+
+
+def worldPoints(node):
+    return landmarksFromNode(node, world=True)[0]
+
+
+def linearTransform(scene, angleDegrees=30.0, translation=(15.0, -7.0, 22.0)):
+    angle = np.deg2rad(angleDegrees)
+    matrix = np.eye(4)
+    matrix[:3, :3] = [
+        [1, 0, 0],
+        [0, np.cos(angle), -np.sin(angle)],
+        [0, np.sin(angle), np.cos(angle)],
+    ]
+    matrix[:3, 3] = translation
+    vtkMatrix = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            vtkMatrix.SetElement(r, c, matrix[r, c])
+    node = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "moved")
+    node.SetMatrixTransformToParent(vtkMatrix)
+    return node, matrix
+
+
+def test_landmarks_land_in_the_volume_geometry(scene, obliqueVolumeNode, models, ijkToRas):
+    logic = LandmarkDiscoveryLogic(scene)
+    markups = logic.detect(obliqueVolumeNode, modelPath=models[3], keep=5)
+
+    matrix = ijkToRas(obliqueVolumeNode)
+    engine = detect_landmarks(
+        imageFromNodeMatrix(nodeArray(obliqueVolumeNode), matrix), models[3], keep=5
+    )
+    expected = lps_to_ras(engine.points_lps)
+    np.testing.assert_allclose(worldPoints(markups), expected, atol=1e-6)
+    # The same points through the node's own matrix from the engine's voxel indices.
+    viaIndex = (matrix @ np.c_[engine.index_xyz, np.ones(5)].T).T[:, :3]
+    np.testing.assert_allclose(worldPoints(markups), viaIndex, atol=1e-6)
+
+    assert markups.IsA("vtkMRMLMarkupsFiducialNode")
+    assert markups.GetScene() is scene
+    assert markups.GetName() == "oblique_landmarks"
+    assert markups.GetNumberOfControlPoints() == 5
+    labels = [markups.GetNthControlPointLabel(i) for i in range(5)]
+    assert labels == engine.names == ["LM-01", "LM-02", "LM-03", "LM-04", "LM-05"]
+    _, _, importance = landmarksFromNode(markups)
+    np.testing.assert_allclose(importance, engine.importance, atol=1e-4)
+    assert markups.GetNthControlPointDescription(0).startswith("importance=1.0000 rank=1/8")
+    assert markups.GetLocked() and markups.GetFixedNumberOfControlPoints()
+    assert all(markups.GetNthControlPointLocked(i) for i in range(5))
+    assert markups.GetAttribute("LabelFree.model") == str(models[3])
+    assert markups.GetTransformNodeID() is None
+    # Fixed in number: adding a point is refused.
+    markups.AddControlPoint(vtk.vtkVector3d(0, 0, 0))
+    assert markups.GetNumberOfControlPoints() == 5
+
+
+def test_importance_threshold_and_reused_output(scene, obliqueVolumeNode, models):
+    logic = LandmarkDiscoveryLogic(scene)
+    first = logic.detect(obliqueVolumeNode, modelPath=models[3])
+    assert first.GetNumberOfControlPoints() == N_LANDMARKS
+    again = logic.detect(
+        obliqueVolumeNode, modelPath=models[3], minImportance=0.65, outputNode=first
+    )
+    assert again is first
+    _, names, importance = landmarksFromNode(first)
+    assert names == ["LM-01", "LM-02", "LM-03", "LM-04"]  # importance 1.0, 0.9, 0.8, 0.7
+    assert np.all(importance >= 0.65)
+    assert first.GetLocked() and first.GetFixedNumberOfControlPoints()
+    assert scene.GetNodesByClass("vtkMRMLMarkupsFiducialNode").GetNumberOfItems() == 1
+
+
+def test_parent_transform_is_respected(scene, obliqueVolumeNode, models, ijkToRas):
+    logic = LandmarkDiscoveryLogic(scene)
+    plain = worldPoints(logic.detect(obliqueVolumeNode, modelPath=models[3]))
+
+    transformNode, matrix = linearTransform(scene)
+    obliqueVolumeNode.SetAndObserveTransformNodeID(transformNode.GetID())
+    markups = logic.detect(obliqueVolumeNode, modelPath=models[3])
+    expected = (matrix @ np.c_[plain, np.ones(len(plain))].T).T[:, :3]
+    np.testing.assert_allclose(worldPoints(markups), expected, atol=1e-6)
+    # The points follow the volume: they sit under the same transform.
+    assert markups.GetTransformNodeID() == transformNode.GetID()
+    shifted = vtk.vtkMatrix4x4()
+    shifted.DeepCopy(transformNode.GetMatrixTransformToParent())
+    shifted.SetElement(2, 3, shifted.GetElement(2, 3) + 10.0)
+    transformNode.SetMatrixTransformToParent(shifted)
+    np.testing.assert_allclose(worldPoints(markups), expected + [0.0, 0.0, 10.0], atol=1e-6)
+
+
+def test_single_slice_volume_with_2d_model(scene, makeVolumeNode, phantomArray, models, ijkToRas):
+    array = phantomArray()[2:3]  # (1, 32, 40): a 2-D image as Slicer holds it
+    node = makeVolumeNode(array, spacing=(0.5, 0.7, 1.0), originRas=(5.0, 6.0, 7.0), name="slice")
+    markups = LandmarkDiscoveryLogic(scene).detect(node, modelPath=models[2])
+    engine = detect_landmarks(Image(array[0], (1.0, 1.0), (0.0, 0.0), np.eye(2)), models[2])
+    index = np.c_[engine.index_xyz, np.zeros(N_LANDMARKS), np.ones(N_LANDMARKS)]
+    expected = (ijkToRas(node) @ index.T).T[:, :3]
+    np.testing.assert_allclose(worldPoints(markups), expected, atol=1e-6)
+    assert np.allclose(worldPoints(markups)[:, 2], 7.0)
+
+
+@pytest.mark.parametrize("world", [True, False])
+def test_exports_read_back_with_slicer_and_engine_readers(
+    scene, obliqueVolumeNode, models, tmp_path, world
+):
+    logic = LandmarkDiscoveryLogic(scene)
+    transformNode, _ = linearTransform(scene)
+    obliqueVolumeNode.SetAndObserveTransformNodeID(transformNode.GetID())
+    markups = logic.detect(obliqueVolumeNode, modelPath=models[3], keep=6)
+    points, names, importance = landmarksFromNode(markups, world=world)
+    descriptions = [markups.GetNthControlPointDescription(i) for i in range(6)]
+
+    for suffix, storageClass in (
+        (".mrk.json", "vtkMRMLMarkupsJsonStorageNode"),
+        (".fcsv", "vtkMRMLMarkupsFiducialStorageNode"),
+    ):
+        path = logic.exportLandmarks(markups, tmp_path / f"landmarks{suffix}", world=world)
+        readScene = slicer.vtkMRMLScene()
+        loaded = readScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
+        storage = readScene.AddNode(getattr(slicer, storageClass)())
+        storage.SetFileName(str(path))
+        assert storage.ReadData(loaded) == 1, suffix
+        loadedPoints, loadedNames, loadedImportance = landmarksFromNode(loaded, world=False)
+        np.testing.assert_allclose(loadedPoints, points, atol=1e-6, err_msg=suffix)
+        assert loadedNames == names
+        assert [loaded.GetNthControlPointDescription(i) for i in range(6)] == descriptions
+        np.testing.assert_allclose(loadedImportance, importance, atol=1e-4)
+        assert all(loaded.GetNthControlPointLocked(i) for i in range(6))
+        if suffix == ".mrk.json":  # .fcsv has no list-level flags
+            assert loaded.GetLocked() and loaded.GetFixedNumberOfControlPoints()
+
+    path = logic.exportLandmarks(markups, tmp_path / "landmarks.csv", world=world)
+    csvPoints, csvNames, csvImportance = read_csv(path)
+    np.testing.assert_allclose(lps_to_ras(csvPoints), points, atol=1e-6)
+    assert csvNames == names
+    np.testing.assert_allclose(csvImportance, importance, atol=1e-4)
+
+
+def test_export_refuses_unknown_suffix_and_empty_list(scene, tmp_path):
+    logic = LandmarkDiscoveryLogic(scene)
+    empty = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "empty")
+    with pytest.raises(InputError, match="no control points"):
+        logic.exportLandmarks(empty, tmp_path / "x.mrk.json")
+    empty.AddControlPoint(vtk.vtkVector3d(1, 2, 3), "p")
+    with pytest.raises(InputError, match="Unknown landmark file type"):
+        logic.exportLandmarks(empty, tmp_path / "x.txt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def writeBatchFolder(folder, phantomArray):
+    """Three small volumes with different geometries, one broken file, one unrelated file."""
+    folder.mkdir()
+    rotation = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    geometries = [
+        ("case01.nrrd", (0.8, 0.6, 2.5), (10.0, -5.0, 3.0), np.eye(3)),
+        ("case02.nii.gz", (1.0, 1.0, 1.5), (-4.0, 2.0, 9.0), rotation),
+        ("case03.mha", (0.5, 0.9, 2.0), (0.0, 0.0, 0.0), np.diag([1.0, -1.0, -1.0])),
+    ]
+    for seed, (name, spacing, origin, direction) in enumerate(geometries):
+        write_image(Image(phantomArray(seed=seed), spacing, origin, direction), folder / name)
+    (folder / "broken.nrrd").write_text("this is not an image")
+    (folder / "notes.txt").write_text("ignored")
+    return [folder / name for name, *_ in geometries]
+
+
+def test_batch_writes_one_file_per_volume_and_one_table(
+    scene, models, tmp_path, phantomArray, sceneSnapshot
+):
+    volumes = writeBatchFolder(tmp_path / "in", phantomArray)
+    before = sceneSnapshot(scene)
+    logic = LandmarkDiscoveryLogic(scene)
+    reports = []
+    result = logic.batchDetect(
+        tmp_path / "in",
+        tmp_path / "out",
+        modelPath=models[3],
+        keep=4,
+        progressCallback=reports.append,
+    )
+
+    assert sceneSnapshot(scene) == before  # batch mode reads files, not the scene
+    assert [p.name for p in result.files] == [
+        "case01_landmarks.mrk.json",
+        "case02_landmarks.mrk.json",
+        "case03_landmarks.mrk.json",
+    ]
+    assert [p.name for p, _ in result.failures] == ["broken.nrrd"]
+    assert "Could not read" in result.failures[0][1]
+    assert reports[-1].fraction == 1.0
+    assert all(a.fraction <= b.fraction for a, b in zip(reports, reports[1:], strict=False))
+
+    table = read_landmark_table(result.table)
+    assert list(table) == ["case01", "case02", "case03"]
+    for volume, landmarkFile, subject in zip(volumes, result.files, table, strict=True):
+        expected = detect_landmarks(read_image(volume), models[3], keep=4)
+        points, names, importance = read_markups(landmarkFile)
+        np.testing.assert_allclose(points, expected.points_lps, atol=1e-6)
+        assert names == expected.names
+        np.testing.assert_allclose(importance, expected.importance, atol=1e-4)
+        tablePoints, tableNames, tableImportance = table[subject]
+        np.testing.assert_allclose(tablePoints, expected.points_lps, atol=1e-6)
+        assert tableNames == expected.names
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        [p.name for p in result.files] + ["landmarks_table.csv"]
+    )
+
+
+def test_batch_cancelled_writes_no_table(models, tmp_path, phantomArray, scene):
+    writeBatchFolder(tmp_path / "in", phantomArray)
+    steps = LandmarkDiscoveryLogic(scene).batchDetectSteps(
+        tmp_path / "in", tmp_path / "out", modelPath=models[3], fileFormat=".fcsv"
+    )
+    next(steps)
+    next(steps)  # first volume done
+    steps.close()
+    assert not (tmp_path / "out" / "landmarks_table.csv").exists()
+
+
+def test_batch_bad_arguments(scene, models, tmp_path, phantomArray):
+    logic = LandmarkDiscoveryLogic(scene)
+    with pytest.raises(InputError, match="not found"):
+        logic.batchDetect(tmp_path / "missing", tmp_path / "out", modelPath=models[3])
+    writeBatchFolder(tmp_path / "in", phantomArray)
+    with pytest.raises(ModelFileError, match="'cuts' model"):
+        logic.batchDetect(tmp_path / "in", tmp_path / "out", modelPath=models["cuts"])
+    with pytest.raises(InputError, match="Unknown landmark file type"):
+        logic.batchDetect(tmp_path / "in", tmp_path / "out", modelPath=models[3], fileFormat=".txt")
+    assert not (tmp_path / "out" / "landmarks_table.csv").exists()
+
+
+def test_bad_inputs_give_clear_errors_and_leave_the_scene(
+    scene, obliqueVolumeNode, makeVolumeNode, phantomArray, models, sceneSnapshot
+):
+    logic = LandmarkDiscoveryLogic(scene)
+    fourD = makeVolumeNode(np.stack([phantomArray()] * 5, axis=-1), name="fourD")
+    before = sceneSnapshot(scene)
+    cases = [
+        (dict(volumeNode=None, modelPath=models[3]), InputError, "select a volume"),
+        (dict(volumeNode=fourD, modelPath=models[3]), InputError, "4-D"),
+        (
+            dict(volumeNode=obliqueVolumeNode, modelPath=models["cuts"]),
+            ModelFileError,
+            "'cuts' model",
+        ),
+        (dict(volumeNode=obliqueVolumeNode, modelPath=models[2]), InputError, "2-D landmark model"),
+        (
+            dict(volumeNode=obliqueVolumeNode, modelPath=Path("/no/such/model.pt")),
+            ModelFileError,
+            "not found",
+        ),
+        (
+            dict(volumeNode=obliqueVolumeNode, modelPath=models[3], keep=99),
+            InputError,
+            "keep must be",
+        ),
+    ]
+    for kwargs, errorType, message in cases:
+        with pytest.raises(errorType, match=message):
+            logic.detect(**kwargs)
+        assert sceneSnapshot(scene) == before, kwargs
+
+
+def test_failed_run_keeps_an_existing_point_list(scene, obliqueVolumeNode, models, sceneSnapshot):
+    logic = LandmarkDiscoveryLogic(scene)
+    userPoints = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "mine")
+    userPoints.AddControlPoint(vtk.vtkVector3d(1.0, 2.0, 3.0), "keep me")
+    before = sceneSnapshot(scene)
+    with pytest.raises(LabelFreeError):
+        logic.detect(obliqueVolumeNode, modelPath=models[2], outputNode=userPoints)
+    assert sceneSnapshot(scene) == before
+    points, names, _ = landmarksFromNode(userPoints)
+    np.testing.assert_allclose(points, [[1.0, 2.0, 3.0]])
+    assert names == ["keep me"] and not userPoints.GetLocked()
+
+
+def test_snapshot_restores_a_point_list(scene, obliqueVolumeNode, models):
+    node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "mine")
+    node.AddControlPoint(vtk.vtkVector3d(1.0, 2.0, 3.0), "a")
+    node.SetNthControlPointDescription(0, "described")
+    snapshot = NodeSnapshot(node)
+    LandmarkDiscoveryLogic(scene).detect(obliqueVolumeNode, modelPath=models[3], outputNode=node)
+    assert node.GetNumberOfControlPoints() == N_LANDMARKS and node.GetLocked()
+    snapshot.restore()
+    points, names, _ = landmarksFromNode(node)
+    np.testing.assert_allclose(points, [[1.0, 2.0, 3.0]])
+    assert names == ["a"] and node.GetNthControlPointDescription(0) == "described"
+    assert not node.GetLocked() and not node.GetFixedNumberOfControlPoints()
+
+
+def test_parameter_node_is_a_singleton(scene):
+    logic = LandmarkDiscoveryLogic(scene)
+    node = logic.getParameterNode()
+    assert node.IsA("vtkMRMLScriptedModuleNode")
+    assert logic.getParameterNode() is node
+    assert LandmarkDiscoveryLogic(scene).getParameterNode().GetID() == node.GetID()
+    assert node.GetAttribute("ModuleName") == "LandmarkDiscovery"
