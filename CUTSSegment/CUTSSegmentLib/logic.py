@@ -1,0 +1,441 @@
+"""CUTSSegment logic: a volume node in, CUTS label maps out as MRML nodes (Qt-free).
+
+Usable from the Python console, a script or a test, without the module's GUI::
+
+    from CUTSSegmentLib import CUTSSegmentLogic
+
+    logic = CUTSSegmentLogic()                       # slicer.mrmlScene inside Slicer
+    result = logic.segment(volumeNode)               # blocking; bundled model, all levels
+    logic.setLevel(2)                                # swap the label map to the third level
+    segmentationNode = logic.createSegmentation()    # one segment per cluster
+    logic.segmentFromPoint([10.0, -4.5, 31.0])       # the structure under a RAS point
+    logic.exportSegmentation("/tmp/cuts.seg.nrrd")
+
+The GUI drives the same run step by step: :meth:`CUTSSegmentLogic.segmentSteps`
+returns a generator of :class:`labelfree.progress.Progress` whose return
+value is the result. Nodes are created only when it finishes; closing the
+generator cancels the run and leaves the scene untouched.
+
+torch and the other engine dependencies are imported when a run starts, not
+when this module is imported, so that the module loads before they are installed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import slicer
+import vtk
+from LabelFreeMRML import (
+    createColorTableNode,
+    createLabelmapNode,
+    distinctColors,
+    placeInSubjectHierarchyBeside,
+    rasToIjkIndex,
+    volumeNodeToImage,
+)
+from vtk.util import numpy_support
+
+from CUTSSegmentLib import export, segments
+from labelfree.errors import InputError
+from labelfree.io import Image
+from labelfree.progress import Progress, Steps, run_steps
+
+MODULE_NAME = "CUTSSegment"
+METHODS = ("levels", "persistent", "kmeans")
+AXES = ("auto", 0, 1, 2)
+DEVICES = ("auto", "cpu", "cuda")
+# Throughput of a whole run (embedding + condensation) on a 2-core CPU, voxels per second,
+# from the 197x233x189 brain target (under 60 s); a GPU embeds about ten times faster.
+CPU_VOXELS_PER_SECOND = 1.5e5
+GPU_SPEEDUP = 8.0
+
+
+@dataclass
+class CUTSSegmentResult:
+    """A finished run: the nodes it created and the label maps the granularity slider walks.
+
+    Attributes
+    ----------
+    inputVolumeNode, labelmapNode, colorNode : vtkMRMLNode
+        The input and the created nodes.
+    maps : list of ndarray
+        ``(z, y, x)`` label maps (values from 1; 0 is unused), coarsest first: the
+        condensation levels, or the single persistent-structures or k-means map.
+    clusterCounts : list of int
+        Number of clusters of each map.
+    method : str
+        ``"levels"``, ``"persistent"`` or ``"kmeans"``.
+    image : Image
+        The input's geometry (in world coordinates); its voxels are not kept.
+    modelCard : dict
+        The card of the model that embedded the volume.
+    seconds : dict
+        Timings reported by the engine.
+    levelIndex : int
+        The map shown in ``labelmapNode``.
+    """
+
+    inputVolumeNode: Any
+    labelmapNode: Any
+    colorNode: Any
+    maps: list[np.ndarray]
+    clusterCounts: list[int]
+    method: str
+    image: Image
+    modelCard: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)
+    levelIndex: int = 0
+    _imageCache: list = field(default_factory=list, repr=False)
+
+    @property
+    def levelCount(self) -> int:
+        """How many maps the granularity slider walks."""
+        return len(self.maps)
+
+    @property
+    def currentLabels(self) -> np.ndarray:
+        """The map shown now, ``(z, y, x)``."""
+        return self.maps[self.levelIndex]
+
+    @property
+    def modelName(self) -> str:
+        """A short name of the model for tags and names."""
+        card = self.modelCard or {}
+        return str(card.get("name") or card.get("file") or card.get("trained_on") or "CUTS model")
+
+
+class CUTSSegmentLogic:
+    """Runs CUTS on volume nodes and manages the resulting nodes.
+
+    Parameters
+    ----------
+    scene : vtkMRMLScene, optional
+        The scene to read from and add nodes to; ``slicer.mrmlScene`` inside Slicer.
+    """
+
+    def __init__(self, scene=None):
+        if scene is None:
+            scene = getattr(slicer, "mrmlScene", None)
+        if scene is None:
+            raise InputError(
+                "No MRML scene: pass one, e.g. CUTSSegmentLogic(slicer.vtkMRMLScene())."
+            )
+        self.scene = scene
+        self.result: CUTSSegmentResult | None = None
+
+    # -- parameters ---------------------------------------------------------------------------
+
+    def getParameterNode(self):
+        """The module's singleton ``vtkMRMLScriptedModuleNode`` (created on first use).
+
+        The widget wraps it with its typed ``parameterNodeWrapper`` class.
+        """
+        node = self.scene.GetSingletonNode(MODULE_NAME, "vtkMRMLScriptedModuleNode")
+        if node is None:
+            node = slicer.vtkMRMLScriptedModuleNode()
+            node.SetName(self.scene.GenerateUniqueName(MODULE_NAME))
+            node.SetSingletonTag(MODULE_NAME)
+            node.SetModuleName(MODULE_NAME)
+            node.SetHideFromEditors(True)
+            node = self.scene.AddNode(node)
+        return node
+
+    # -- running ------------------------------------------------------------------------------
+
+    def checkInputs(self, inputVolumeNode, model=None, device: str = "auto") -> Image:
+        """Check everything a run needs before it starts; returns the input as an engine image.
+
+        Raises
+        ------
+        InputError
+            No volume, a 4-D volume, an unknown or unavailable device.
+        ModelFileError
+            A model file that is missing, foreign, or not a CUTS model.
+        """
+        image = volumeNodeToImage(inputVolumeNode)
+        from labelfree.cuts.model import load_cuts_model
+        from labelfree.devices import resolve_device
+
+        resolve_device(device)
+        load_cuts_model(_modelPathOrNone(model), channels=image.channels)
+        return image
+
+    def segmentSteps(
+        self,
+        inputVolumeNode,
+        model: str | os.PathLike | None = None,
+        *,
+        method: str = "levels",
+        k: int = 10,
+        axis: str | int = "auto",
+        device: str = "auto",
+        seed: int = 0,
+        batchSize: int = 8,
+        maxLevels: int = 12,
+        name: str | None = None,
+    ) -> Steps[CUTSSegmentResult]:
+        """Segment a volume step by step; the generator returns a :class:`CUTSSegmentResult`.
+
+        Inputs are checked at once (this call raises on bad input); the work
+        happens while the generator is advanced. Closing it cancels the run.
+
+        Parameters
+        ----------
+        inputVolumeNode : vtkMRMLScalarVolumeNode or vtkMRMLVectorVolumeNode
+            A grayscale or RGB 3-D volume (2-D images are one-slice volumes).
+        model : path-like, optional
+            A CUTS model file; the bundled default for the channel count if None or "".
+        method : {"levels", "persistent", "kmeans"}
+            Condensation levels (slider), persistent structures, or k-means with ``k``.
+        k : int
+            Clusters for ``"kmeans"``.
+        axis : "auto" or int
+            Slicing axis in numpy order (0 = k, 1 = j, 2 = i); "auto" picks the axial one.
+        device : {"auto", "cpu", "cuda"}
+            Where the encoder runs.
+        seed : int
+            Random seed; the same seed gives the same labels.
+        batchSize, maxLevels : int
+            Slices per encoder batch; most condensation levels kept.
+        name : str, optional
+            Base name of the created nodes; from the input's name by default.
+        """
+        if method not in METHODS:
+            raise InputError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.")
+        if axis not in AXES:
+            raise InputError("The slicing axis must be 'auto', 0, 1 or 2.")
+        if method == "kmeans" and not 2 <= int(k) <= 255:
+            raise InputError("k-means needs k between 2 and 255 clusters.")
+        image = self.checkInputs(inputVolumeNode, model, device)
+        options = {
+            "axis": axis,
+            "method": method,
+            "k": int(k),
+            "device": device,
+            "seed": int(seed),
+            "batch_size": int(batchSize),
+            "max_levels": int(maxLevels),
+        }
+        baseName = name or f"{inputVolumeNode.GetName()} CUTS"
+        return self._runSteps(inputVolumeNode, image, _modelPathOrNone(model), options, baseName)
+
+    def _runSteps(self, inputVolumeNode, image, modelPath, options, baseName):
+        from labelfree.cuts.volume import segment_volume_steps
+
+        engineSteps = segment_volume_steps(image, modelPath, **options)
+        segmentation = yield from engineSteps
+        yield Progress(1.0, "Creating the label map")
+        maps, counts = _mapsOf(segmentation, options["method"])
+        geometry = image.with_array(np.empty(image.spatial_shape, dtype=np.uint8))
+        result = self._createNodes(inputVolumeNode, geometry, maps, counts, baseName)
+        result.method = options["method"]
+        result.modelCard = dict(getattr(segmentation, "model_card", {}) or {})
+        result.seconds = dict(getattr(segmentation, "seconds", {}) or {})
+        self.result = result
+        return result
+
+    def segment(
+        self, inputVolumeNode, model=None, progress: Callable[[Progress], None] | None = None, **kw
+    ) -> CUTSSegmentResult:
+        """Blocking :meth:`segmentSteps` (scripts and tests); ``progress`` gets every report."""
+        return run_steps(self.segmentSteps(inputVolumeNode, model, **kw), progress)
+
+    def estimateSeconds(self, inputVolumeNode, device: str = "cpu") -> float:
+        """A rough duration of a run, for the status line before Apply."""
+        imageData = inputVolumeNode.GetImageData() if inputVolumeNode is not None else None
+        if imageData is None:
+            return 0.0
+        voxels = math.prod(imageData.GetDimensions())
+        seconds = 2.0 + voxels / CPU_VOXELS_PER_SECOND
+        if device == "cuda":
+            seconds /= GPU_SPEEDUP
+        return seconds
+
+    def _createNodes(self, inputVolumeNode, image, maps, counts, baseName) -> CUTSSegmentResult:
+        """Colour table and label map, with the first map shown; all or nothing."""
+        created = []
+        try:
+            top = max(int(m.max()) for m in maps)
+            names = [f"cluster {value}" for value in range(1, top + 1)]
+            colorNode = createColorTableNode(self.scene, names, name=f"{baseName} colors")
+            created.append(colorNode)
+            labelmapNode = createLabelmapNode(self.scene, maps[0], image, baseName, colorNode)
+            created.append(labelmapNode)
+            placeInSubjectHierarchyBeside(self.scene, labelmapNode, inputVolumeNode)
+        except Exception:
+            for node in reversed(created):
+                self.scene.RemoveNode(node)
+            raise
+        result = CUTSSegmentResult(
+            inputVolumeNode, labelmapNode, colorNode, maps, counts, "levels", image
+        )
+        result._imageCache = [_imageDataSharing(m) for m in maps]
+        labelmapNode.SetAndObserveImageData(result._imageCache[0])
+        return result
+
+    # -- after a run --------------------------------------------------------------------------
+
+    def _requireResult(self) -> CUTSSegmentResult:
+        if self.result is None or self.result.labelmapNode.GetScene() is None:
+            raise InputError("Run the segmentation first (Apply).")
+        return self.result
+
+    def setLevel(self, levelIndex: int) -> int:
+        """Show map ``levelIndex`` (0 = coarsest) in the label map; returns its cluster count.
+
+        The label maps are cached as image data, so switching swaps a pointer.
+        """
+        result = self._requireResult()
+        levelIndex = int(min(max(levelIndex, 0), result.levelCount - 1))
+        result.labelmapNode.SetAndObserveImageData(result._imageCache[levelIndex])
+        result.levelIndex = levelIndex
+        return result.clusterCounts[levelIndex]
+
+    def _tags(self, result: CUTSSegmentResult) -> dict[str, str]:
+        return {
+            "Method": result.method,
+            "Level": str(result.levelIndex + 1),
+            "Clusters": str(result.clusterCounts[result.levelIndex]),
+            "Model": result.modelName,
+            "Source": result.inputVolumeNode.GetName(),
+        }
+
+    def createSegmentation(self, name: str | None = None):
+        """The current level as a segmentation node: one named, coloured, tagged segment per cluster."""
+        result = self._requireResult()
+        level = result.levelIndex + 1
+        name = name or f"{result.labelmapNode.GetName()} level {level}"
+        segmentationNode = segments.newSegmentationNode(
+            self.scene, name, result.labelmapNode, result.inputVolumeNode
+        )
+        try:
+            segments.importLabelmap(result.labelmapNode, segmentationNode, self._tags(result))
+        except Exception:
+            self.scene.RemoveNode(segmentationNode)
+            raise
+        return segmentationNode
+
+    def segmentFromPoint(
+        self, pointRas, *, connected: bool = True, segmentationNode=None, name: str | None = None
+    ):
+        """Make one segment from the structure under a world RAS point (a click).
+
+        Parameters
+        ----------
+        pointRas : sequence of 3 float
+            The clicked position, RAS millimetres.
+        connected : bool
+            Keep only the part of the clicked cluster connected to the point.
+        segmentationNode : vtkMRMLSegmentationNode, optional
+            Where the segment goes; a new one beside the input by default.
+
+        Returns
+        -------
+        (segmentationNode, segmentId)
+        """
+        result = self._requireResult()
+        from labelfree.cuts.hint import binarise_by_point
+
+        index = rasToIjkIndex(result.image, pointRas)
+        mask = binarise_by_point(result.currentLabels, index, connected=connected)
+        label = int(result.currentLabels[index])
+        return self._addSegment(result, mask, label, segmentationNode, name)
+
+    def segmentFromLabel(self, label: int, *, segmentationNode=None, name: str | None = None):
+        """Make one segment from every voxel of cluster ``label`` at the current level."""
+        result = self._requireResult()
+        mask = result.currentLabels == int(label)
+        if not mask.any():
+            raise InputError(
+                f"Cluster {label} does not occur at this level (1 to "
+                f"{int(result.currentLabels.max())}); pick another."
+            )
+        return self._addSegment(result, mask, int(label), segmentationNode, name)
+
+    def _addSegment(self, result, mask, label, segmentationNode, name):
+        created = segmentationNode is None
+        if created:
+            segmentationNode = segments.newSegmentationNode(
+                self.scene,
+                f"{result.inputVolumeNode.GetName()} CUTS picks",
+                result.labelmapNode,
+                result.inputVolumeNode,
+            )
+        color = distinctColors(max(label, 1))[max(label, 1) - 1]
+        rgba = [0.0, 0.0, 0.0, 0.0]
+        result.colorNode.GetColor(label, rgba)
+        if rgba[3] > 0:
+            color = rgba[:3]
+        tags = {**self._tags(result), "Label": str(label)}
+        segmentName = name or f"level {result.levelIndex + 1} cluster {label}"
+        try:
+            segmentId = segments.addSegmentFromMask(
+                segmentationNode, mask, result.image, segmentName, color, tags
+            )
+        except Exception:
+            if created:
+                self.scene.RemoveNode(segmentationNode)
+            raise
+        return segmentationNode, segmentId
+
+    # -- export -------------------------------------------------------------------------------
+
+    def exportLabelmap(self, path: str | os.PathLike) -> Path:
+        """Write the current level's label map (``.nrrd`` or ``.nii.gz``)."""
+        return export.exportLabelmapNode(self._requireResult().labelmapNode, path)
+
+    def exportSegmentation(self, path: str | os.PathLike, segmentationNode=None) -> Path:
+        """Write a segmentation (the current level's, made on the fly, if none given) as ``.seg.nrrd``."""
+        if segmentationNode is not None:
+            return export.exportSegmentationNode(segmentationNode, path)
+        segmentationNode = self.createSegmentation()
+        try:
+            return export.exportSegmentationNode(segmentationNode, path)
+        finally:
+            self.scene.RemoveNode(segmentationNode)
+
+
+def _modelPathOrNone(model) -> str | None:
+    """None for the bundled model (None or an empty path), else the path as a string."""
+    if model is None or str(model).strip() in ("", "."):
+        return None
+    return str(model)
+
+
+def _mapsOf(segmentation, method: str) -> tuple[list[np.ndarray], list[int]]:
+    """The label maps of a run, values shifted to start at 1 (0 shows as background)."""
+    if method == "levels":
+        raw = list(segmentation.levels)
+    elif method == "persistent":
+        raw = [segmentation.persistent]
+    else:
+        raw = [segmentation.kmeans]
+    if not raw or any(m is None for m in raw):
+        raise InputError(f"The engine returned no {method} map; try the 'levels' method.")
+    maps, counts = [], []
+    for labels in raw:
+        labels = np.asarray(labels)
+        if labels.min() < 0:
+            raise InputError("The engine returned negative labels; report this as a bug.")
+        # Renumber the labels in use to 1..n in O(voxels): bincount, not a sort.
+        present = np.bincount(labels.reshape(-1).astype(np.int64)) > 0
+        lookup = np.cumsum(present)
+        dtype = np.int16 if lookup[-1] < 2**15 else np.int32
+        maps.append(np.ascontiguousarray(lookup.astype(dtype)[labels]))
+        counts.append(int(lookup[-1]))
+    return maps, counts
+
+
+def _imageDataSharing(labels: np.ndarray) -> vtk.vtkImageData:
+    """A ``vtkImageData`` viewing ``labels`` without a copy (the caller keeps ``labels`` alive)."""
+    imageData = vtk.vtkImageData()
+    imageData.SetDimensions(labels.shape[2], labels.shape[1], labels.shape[0])
+    imageData.GetPointData().SetScalars(numpy_support.numpy_to_vtk(labels.reshape(-1), deep=False))
+    return imageData

@@ -1,0 +1,150 @@
+"""Train a LabelFree model headless: a CUTS encoder or a landmark regressor.
+
+Runs the same way in three places::
+
+    Slicer --no-splash --no-main-window --python-script labelfree_train.py cuts IMG... --out M.pt
+    PythonSlicer labelfree_train.py landmarks IMG... --out M.pt --landmarks 12
+    python labelfree_train.py cuts IMG... --out M.pt --epochs 2      # with `labelfree` installed
+
+It writes the model file and its ``<name>.card.json`` model card atomically
+(nothing appears unless training finished) and prints lines a parent process
+reads while it runs::
+
+    PROGRESS <fraction 0..1> <message>
+    RESULT <path of the model file>
+
+Exit status: 0 done, 2 bad input or model file (the message is on stderr,
+prefixed ``ERROR``), 130 cancelled (SIGINT/SIGTERM), 1 unexpected failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
+
+
+def _makeEngineImportable() -> None:
+    """Put the folder holding the ``labelfree`` package on ``sys.path``.
+
+    Installed, this script lives in ``<qt-scripted-modules>/Resources/Scripts`` and the
+    engine in ``<qt-scripted-modules>/labelfree``; in the source tree the engine is at the
+    repository root. PythonSlicer does not add extension folders to ``sys.path`` itself.
+    """
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent.parent, here.parent):
+        if (candidate / "labelfree" / "__init__.py").is_file():
+            if str(candidate) not in sys.path:
+                sys.path.insert(0, str(candidate))
+            return
+
+
+def buildParser() -> argparse.ArgumentParser:
+    """The command line: ``{cuts,landmarks} INPUT... --out FILE [options]``."""
+    parser = argparse.ArgumentParser(
+        prog="labelfree_train.py",
+        description="Train a LabelFree model on unlabeled images (headless).",
+    )
+    methods = parser.add_subparsers(dest="method", required=True)
+
+    def common(sub):
+        sub.add_argument("inputs", nargs="+", type=Path, help="images or volumes to learn from")
+        sub.add_argument("--out", required=True, type=Path, help="model file to write (.pt)")
+        sub.add_argument("--epochs", type=int, default=None, help="training epochs")
+        sub.add_argument("--seed", type=int, default=0, help="random seed (repeatable runs)")
+        sub.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+    cuts = methods.add_parser("cuts", help="CUTS encoder (contrastive + reconstruction)")
+    common(cuts)
+    cuts.add_argument(
+        "--axis", default="auto", help="slicing axis: auto, 0, 1 or 2 (numpy z, y, x)"
+    )
+    cuts.add_argument("--init-model", type=Path, default=None, help="start from this model")
+
+    landmarks = methods.add_parser("landmarks", help="Siamese landmark regressor")
+    common(landmarks)
+    landmarks.add_argument("--landmarks", type=int, required=True, help="number of landmarks K")
+    landmarks.add_argument("--input-size", type=int, default=None, help="network input size")
+    return parser
+
+
+def printProgress(report) -> None:
+    """One ``PROGRESS`` line per engine report, flushed so a parent sees it at once."""
+    message = " ".join(str(report.message).split())
+    print(f"PROGRESS {float(report.fraction):.4f} {message}", flush=True)
+
+
+def _options(args) -> dict:
+    """Keyword arguments for the engine's ``train_from_files``, leaving defaults to it."""
+    options = {"seed": args.seed, "device": args.device, "progress": printProgress}
+    if args.epochs is not None:
+        options["epochs"] = args.epochs
+    if args.method == "cuts":
+        options["axis"] = int(args.axis) if str(args.axis).lstrip("-").isdigit() else args.axis
+        options["init_model"] = args.init_model
+    else:
+        options["n_landmarks"] = args.landmarks
+        if args.input_size is not None:
+            options["input_size"] = args.input_size
+    return options
+
+
+def train(args) -> Path:
+    """Run the chosen method's ``train_from_files`` and return the written model path."""
+    if args.method == "cuts":
+        from labelfree.cuts.train import train_from_files
+    else:
+        from labelfree.landmarks.train import train_from_files
+    return Path(train_from_files(args.inputs, args.out, **_options(args)))
+
+
+def _raiseKeyboardInterrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _exit(status: int) -> None:
+    """Leave with ``status``: through the application inside Slicer, else through Python."""
+    slicerModule = sys.modules.get("slicer")
+    if getattr(slicerModule, "app", None) is not None:
+        # `Slicer --python-script`: end the application's event loop with this status.
+        slicerModule.util.exit(status)
+        return
+    sys.exit(status)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, train, report; returns the exit status."""
+    _makeEngineImportable()
+    args = buildParser().parse_args(argv)
+    from labelfree.errors import Cancelled, LabelFreeError
+
+    signal.signal(signal.SIGTERM, _raiseKeyboardInterrupt)
+    try:
+        print(f"PROGRESS 0.0000 Starting {args.method} training", flush=True)
+        out = train(args)
+    except LabelFreeError as err:
+        print(f"ERROR {err}", file=sys.stderr, flush=True)
+        return EXIT_BAD_INPUT
+    except (Cancelled, KeyboardInterrupt):
+        print("ERROR cancelled; no model was written.", file=sys.stderr, flush=True)
+        return EXIT_CANCELLED
+    print("PROGRESS 1.0000 Done", flush=True)
+    print(f"RESULT {out}", flush=True)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    try:
+        status = main(sys.argv[1:])
+    except SystemExit as exit_:  # argparse errors: keep their status (2)
+        status = exit_.code if isinstance(exit_.code, int) else EXIT_FAILED
+    except Exception as err:  # noqa: BLE001 -- report anything to the parent, with a status
+        import traceback
+
+        traceback.print_exc()
+        print(f"ERROR unexpected failure: {err}", file=sys.stderr, flush=True)
+        status = EXIT_FAILED
+    _exit(status)
