@@ -211,17 +211,15 @@ class LandmarkDiscoveryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def _ensureDependencies(self) -> bool:
         """Ask for consent and install torch and the engine's packages, if they are missing."""
-        try:
-            from LabelFreeCommon import LabelFreeDependencies
-        except ImportError:
-            return True  # running from a source tree where the engine is importable
-        return LabelFreeDependencies.ensureDependencies()
+        import LabelFreeDependencies
+
+        return LabelFreeDependencies.ensureDependencies(requester=_("Landmark Discovery"))
 
     def onApplyButton(self) -> None:
         """Run processing when user clicks "Apply" button."""
+        if not self._ensureDependencies():
+            return
         with slicer.util.tryWithErrorDisplay(_("Failed to find landmarks."), waitCursor=True):
-            if not self._ensureDependencies():
-                return
             p = self._parameterNode
             outputNode = self.logic.detect(
                 p.inputVolume,
@@ -256,11 +254,9 @@ class LandmarkDiscoveryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self._stopBatch()
             self.ui.statusLabel.text = _("Batch cancelled; the table was not written.")
             return
-        with slicer.util.tryWithErrorDisplay(
-            _("Failed to start batch detection."), waitCursor=True
-        ):
-            if not self._ensureDependencies():
-                return
+        if not self._ensureDependencies():
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to start batch detection.")):
             p = self._parameterNode
             self._batchSteps = self.logic.batchDetectSteps(
                 p.batchInputFolder,

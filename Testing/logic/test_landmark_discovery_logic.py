@@ -360,3 +360,18 @@ def test_parameter_node_is_a_singleton(scene):
     assert logic.getParameterNode() is node
     assert LandmarkDiscoveryLogic(scene).getParameterNode().GetID() == node.GetID()
     assert node.GetAttribute("ModuleName") == "LandmarkDiscovery"
+
+
+def test_self_test_data_gives_landmarks_inside_the_volume(scene, tmp_path):
+    """The synthetic inputs of the in-app self-test work end to end (no download)."""
+    from LandmarkDiscoveryLib.testdata import makeSyntheticVolumeNode
+
+    modelPath = makeTinyLandmarkModel(tmp_path / "tiny.pt", ndim=3)
+    volumeNode = makeSyntheticVolumeNode(scene)
+    markups = LandmarkDiscoveryLogic(scene).detect(volumeNode, modelPath=modelPath, keep=5)
+    bounds = np.zeros(6)
+    volumeNode.GetRASBounds(bounds)
+    points = worldPoints(markups)
+    assert points.shape == (5, 3)
+    assert np.all(points >= bounds[0::2] - 1e-6) and np.all(points <= bounds[1::2] + 1e-6)
+    assert len({tuple(np.round(p, 3)) for p in points}) == 5
