@@ -5,5 +5,14 @@ which need torch, are imported from their own submodules.
 """
 
 from labelfree.cuts.condense import Hierarchy, condense, select_levels
+from labelfree.cuts.persistent import persistent_structures, segment_persistence
+from labelfree.cuts.spectral import spectral_kmeans
 
-__all__ = ["Hierarchy", "condense", "select_levels"]
+__all__ = [
+    "Hierarchy",
+    "condense",
+    "persistent_structures",
+    "segment_persistence",
+    "select_levels",
+    "spectral_kmeans",
+]

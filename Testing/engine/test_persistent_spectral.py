@@ -1,0 +1,136 @@
+"""Persistent structures and spectral k-means."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from labelfree.cuts import condense, persistent_structures, segment_persistence, spectral_kmeans
+from labelfree.errors import InputError
+
+
+def ari(a: np.ndarray, b: np.ndarray) -> float:
+    """Adjusted Rand index (Hubert-Arabie)."""
+    _, a = np.unique(np.ravel(a), return_inverse=True)
+    _, b = np.unique(np.ravel(b), return_inverse=True)
+    table = np.zeros((a.max() + 1, b.max() + 1))
+    np.add.at(table, (a, b), 1)
+    comb = lambda v: (v * (v - 1) / 2).sum()  # noqa: E731
+    index, rows, cols = comb(table), comb(table.sum(1)), comb(table.sum(0))
+    expected = rows * cols / comb(np.array([a.size]))
+    if rows + cols == 2 * expected:
+        return 1.0
+    return float((index - expected) / ((rows + cols) / 2 - expected))
+
+
+@pytest.fixture
+def object_levels():
+    """10x10 image: background (75 px) and a 5x5 object whose 2x2 core splits off at L2.
+
+    L0 = L1 = {background, object}; L2 = L3 = {background, rim (21 px), core (4 px)}.
+    Labels are arbitrary integers to check they are not taken as ids across levels.
+    """
+    obj = np.zeros((10, 10), dtype=bool)
+    obj[:5, 5:] = True
+    core = np.zeros((10, 10), dtype=bool)
+    core[1:3, 6:8] = True
+    l0 = np.where(obj, 7, 3)
+    l1 = np.where(obj, 1, 42)
+    l2 = np.where(core, 9, np.where(obj, 5, 0))
+    l3 = np.where(core, 2, np.where(obj, 0, 1))
+    return [l0, l1, l2, l3], obj, core
+
+
+def test_segment_persistence_counts_consecutive_identical_sets(object_levels):
+    levels, _, _ = object_levels
+    runs = segment_persistence([lv.ravel() for lv in levels])
+    # Background spans all four levels; object, rim and core two each.
+    assert [sorted(r.tolist()) for r in runs] == [[2, 4], [2, 4], [2, 2, 4], [2, 2, 4]]
+
+
+def test_smaller_persistent_structures_overwrite_larger(object_levels):
+    levels, obj, core = object_levels
+    painted = persistent_structures(levels, (10, 10))
+    expected = np.where(core, 3, np.where(obj, 2, 1))  # background 1, rim 2... by area
+    assert painted.dtype == np.int32 and painted.shape == (10, 10)
+    assert np.array_equal(painted, expected)
+
+
+def test_small_structures_fall_back_to_their_container(object_levels):
+    levels, obj, core = object_levels
+    painted = persistent_structures(levels, (10, 10), min_area_fraction=0.05)
+    # The 4-pixel core is below 5 %: it shows the object that contains it.
+    expected = np.where(core, 2, np.where(obj, 3, 1))
+    assert np.array_equal(painted, expected)
+
+
+def test_uncovered_pixels_are_zero(object_levels):
+    levels, obj, _ = object_levels
+    painted = persistent_structures(levels, (10, 10), min_levels=3)
+    assert np.array_equal(painted, np.where(obj, 0, 1))
+    flat = persistent_structures([lv.ravel() for lv in levels[:1]], (10, 10))
+    assert not flat.any()  # one level: nothing can persist over two
+
+
+def test_persistent_structures_rejects_bad_input(object_levels):
+    levels, _, _ = object_levels
+    with pytest.raises(InputError, match="pixels"):
+        persistent_structures(levels, (9, 10))
+    with pytest.raises(InputError):
+        persistent_structures([], (10, 10))
+    with pytest.raises(InputError, match="integer"):
+        persistent_structures([lv.astype(float) for lv in levels], (10, 10))
+
+
+def shapes_image(seed: int = 0):
+    """48x48 image of a disk and a bar on background, with 6 noisy features per pixel."""
+    yy, xx = np.mgrid[:48, :48]
+    truth = np.zeros((48, 48), dtype=int)
+    truth[(yy - 16) ** 2 + (xx - 16) ** 2 < 100] = 1
+    truth[30:40, 8:44] = 2
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(3, 6)) * 5
+    feats = centres[truth.ravel()] + rng.normal(scale=0.3, size=(truth.size, 6))
+    return truth, feats.astype(np.float32)
+
+
+def test_persistent_structures_of_a_condensed_image_match_its_regions():
+    truth, feats = shapes_image()
+    h = condense(feats, seed=0)
+    painted = persistent_structures(h.levels, truth.shape)
+    assert painted.min() >= 1  # every pixel lies in a persistent structure
+    assert ari(painted, truth) == 1.0
+
+
+def blobs(sizes, dim=10, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(len(sizes), dim)) * 10
+    truth = np.repeat(np.arange(len(sizes)), sizes)
+    points = centres[truth] + rng.normal(size=(truth.size, dim))
+    order = rng.permutation(truth.size)
+    return points[order], truth[order]
+
+
+@pytest.mark.parametrize("sizes", [[60, 90, 40, 70, 50], [3000, 1500, 800, 400, 150]])
+def test_spectral_kmeans_recovers_blobs(sizes):
+    points, truth = blobs(sizes)
+    labels = spectral_kmeans(points, k=len(sizes), seed=0)
+    assert labels.dtype == np.int32 and labels.shape == truth.shape
+    assert ari(labels, truth) == 1.0
+    # Numbered by size, largest first.
+    counts = np.bincount(labels)
+    assert list(counts) == sorted(counts, reverse=True)
+
+
+def test_spectral_kmeans_is_deterministic_and_handles_few_points():
+    points, _ = blobs([400, 300, 300, 200], seed=3)
+    points = points + np.random.default_rng(1).normal(scale=4.0, size=points.shape)
+    assert np.array_equal(
+        spectral_kmeans(points, k=6, seed=4), spectral_kmeans(points, k=6, seed=4)
+    )
+    few = spectral_kmeans(np.array([[0.0], [0.0], [5.0]]), k=10)
+    assert few.tolist() == [0, 0, 1]
+    with pytest.raises(InputError):
+        spectral_kmeans(points, k=0)
+    with pytest.raises(InputError, match="NaN"):
+        spectral_kmeans(np.full((5, 2), np.nan))
