@@ -13,11 +13,15 @@ What differs from the reference (Multiscale PHATE on all H*W points) and why:
   A node's mass multiplies its column of the kernel, so it pulls as hard as its members
   would; members of a node move together, which is what the first few steps of the full
   process do to such tight groups anyway.
-- Kept levels are the partitions that last at least ``min_persistence`` diffusion steps
-  (kernel widenings by ``growth``), i.e. persistence in log-bandwidth. The reference keeps
-  levels where the per-step movement reaches a running minimum; persistence is the
-  quantity the paper itself uses to rank segments (section 3.2.2), it is scale-free, and
-  it does not depend on how fast points happen to drift.
+- Kept levels: every partition that lasts at least ``min_persistence`` diffusion steps
+  (kernel widenings by ``growth``, i.e. persistence in log-bandwidth), plus the longest-
+  lived partition of each octave of cluster counts (2-3, 4-7, 8-15, ...). The reference
+  keeps levels where the per-step movement reaches a running minimum; persistence is the
+  quantity the paper itself ranks segments by (section 3.2.2), it is scale-free and does
+  not depend on how fast points happen to drift. The octave rule guarantees a slider
+  from coarse to fine even on continuous data (real latents), where every fine partition
+  lives a single step. On a 128x128 image this gives about 8-10 levels, e.g.
+  2/4/5/13/21/44/65/132/260/812 clusters (reference: 2/3/4/11/14/73/102/741).
 - Positions are PCA-reduced to ``n_components`` dimensions (reference: 100 for PHATE).
 """
 

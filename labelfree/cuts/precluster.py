@@ -123,12 +123,13 @@ def nearest_centre(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
     -------
     (N,) int32
     """
-    c2 = np.einsum("ij,ij->i", centres, centres)
+    c2 = np.einsum("ij,ij->i", centres, centres).astype(x.dtype)
+    scaled = (-2.0 * centres.T).astype(x.dtype)
     out = np.empty(x.shape[0], dtype=np.int32)
     for start in range(0, x.shape[0], _BLOCK):
-        block = x[start : start + _BLOCK]
         # ||x||^2 is the same for every centre, so it does not change the argmin.
-        score = c2[None, :] - 2.0 * (block @ centres.T)
+        score = x[start : start + _BLOCK] @ scaled
+        score += c2
         out[start : start + _BLOCK] = np.argmin(score, axis=1)
     return out
 
