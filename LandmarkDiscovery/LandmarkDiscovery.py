@@ -1,5 +1,10 @@
+import enum
 import logging
+import os
 import pathlib
+import shutil
+import sys
+import tempfile
 from typing import Annotated
 
 import qt
@@ -51,6 +56,17 @@ thin-plate-spline registration). Part of the LabelFree extension.
 #
 
 
+class TrainingData(enum.Enum):
+    SCENE = "scene"
+    FOLDER = "folder"
+
+    def label(self):
+        return {
+            TrainingData.SCENE: _("Volumes in the scene"),
+            TrainingData.FOLDER: _("Batch input folder"),
+        }[self]
+
+
 @parameterNodeWrapper
 class LandmarkDiscoveryParameterNode:
     """
@@ -66,6 +82,9 @@ class LandmarkDiscoveryParameterNode:
     batchInputFolder - Folder of volumes for batch mode.
     batchOutputFolder - Folder that receives one landmark file per volume and the table.
     batchFormat - File type of the per-volume landmark files.
+    trainingData - What "Train" learns from: the scene's volumes or the batch input folder.
+    trainLandmarks - How many landmarks a trained model finds.
+    trainEpochs - Training epochs.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -78,6 +97,9 @@ class LandmarkDiscoveryParameterNode:
     batchInputFolder: pathlib.Path
     batchOutputFolder: pathlib.Path
     batchFormat: Annotated[str, Choice([".mrk.json", ".fcsv", ".csv"])] = ".mrk.json"
+    trainingData: TrainingData = TrainingData.SCENE
+    trainLandmarks: Annotated[int, WithinRange(2, 500)] = 20
+    trainEpochs: Annotated[int, WithinRange(1, 10000)] = 100
 
 
 #
@@ -99,6 +121,8 @@ class LandmarkDiscoveryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._parameterNodeGuiTag = None
         self._batchSteps = None
         self._batchTimer = None
+        self._training = None
+        self._trainingTimer = None
 
     def setup(self) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
@@ -122,6 +146,7 @@ class LandmarkDiscoveryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
         self.ui.batchButton.connect("clicked(bool)", self.onBatchButton)
+        self.ui.trainButton.connect("clicked(bool)", self.onTrainButton)
         self.ui.progressBar.hide()
 
         # Make sure parameter node is initialized (needed for module reload)
@@ -130,6 +155,7 @@ class LandmarkDiscoveryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     def cleanup(self) -> None:
         """Called when the application closes and the module widget is destroyed."""
         self._stopBatch()
+        self._stopTraining()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -149,7 +175,6 @@ class LandmarkDiscoveryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def onSceneStartClose(self, caller, event) -> None:
         """Called just before the scene is closed."""
-        self._stopBatch()
         # Parameter node will be reset, do not use it anymore
         self.setParameterNode(None)
 
@@ -205,6 +230,11 @@ class LandmarkDiscoveryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         batchReady = node is not None and hasModel and str(node.batchInputFolder) not in ("", ".")
         batchReady = batchReady and str(node.batchOutputFolder) not in ("", ".")
         self.ui.batchButton.enabled = batchReady or self._batchSteps is not None
+        if node is not None and node.trainingData == TrainingData.FOLDER:
+            trainReady = str(node.batchInputFolder) not in ("", ".")
+        else:
+            trainReady = node is not None
+        self.ui.trainButton.enabled = trainReady or self._training is not None
 
     def _modelPath(self):
         return None if self._parameterNode.useBundledModel else self._parameterNode.modelPath
@@ -305,6 +335,91 @@ class LandmarkDiscoveryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.ui.batchButton.text = _("Run batch")
             self.ui.progressBar.hide()
             self._checkCanApply()
+
+    # -- training a model (PythonSlicer subprocess) ---------------------------------------------
+
+    def onTrainButton(self) -> None:
+        """Train a landmark model in a subprocess; cancel it if one is running."""
+        if self._training is not None:
+            self._stopTraining()
+            self.ui.statusLabel.text = _("Training cancelled; no model was written.")
+            return
+        if not self._ensureDependencies():
+            return
+        from LabelFreeTraining import TrainingProcess, trainingCommand
+
+        with slicer.util.tryWithErrorDisplay(_("Failed to start training."), waitCursor=True):
+            p = self._parameterNode
+            workDir = pathlib.Path(
+                tempfile.mkdtemp(prefix="LandmarkDiscovery-", dir=slicer.app.temporaryPath)
+            )
+            if p.trainingData == TrainingData.FOLDER:
+                inputs = self.logic.trainingInputs(workDir, folder=p.batchInputFolder)
+                baseName = p.batchInputFolder.name
+            else:
+                volumes = self.logic.trainableVolumes()
+                inputs = self.logic.trainingInputs(workDir, volumeNodes=volumes)
+                baseName = volumes[0].GetName()
+            safeName = "".join(c if c.isalnum() or c in "-_." else "_" for c in baseName)
+            modelsDir = pathlib.Path(slicer.app.slicerUserSettingsFilePath).parent / "LabelFree"
+            modelPath = modelsDir / "models" / f"landmarks_{safeName}.pt"
+            command = trainingCommand(
+                "landmarks",
+                inputs,
+                modelPath,
+                python=pythonSlicerExecutable(),
+                landmarks=p.trainLandmarks,
+                epochs=p.trainEpochs,
+                device=p.device,
+            )
+            self._training = TrainingProcess(command, popen=slicer.util.launchConsoleProcess)
+            self.ui.trainButton.text = _("Cancel training")
+            self.ui.progressBar.value = 0
+            self.ui.progressBar.show()
+            self._trainingTimer = qt.QTimer()
+            self._trainingTimer.timeout.connect(self._pollTraining)
+            self._trainingTimer.start(200)
+
+    def _pollTraining(self) -> None:
+        """Show the trainer's progress; when it ends, select its model or show its error."""
+        for report in self._training.poll():
+            self.ui.progressBar.value = int(100 * report.fraction)
+            self.ui.statusLabel.text = report.message
+        if self._training.running:
+            return
+        training = self._training
+        self._training = None
+        self._stopTraining()
+        if training.succeeded:
+            self._parameterNode.modelPath = training.modelPath
+            self._parameterNode.useBundledModel = False
+            self.ui.statusLabel.text = _("Model saved to {path}; press Apply to use it.").format(
+                path=str(training.modelPath)
+            )
+        else:
+            slicer.util.errorDisplay(
+                _("Training failed: {error}").format(
+                    error=training.errorMessage or "\n".join(training.log[-10:])
+                )
+            )
+
+    def _stopTraining(self) -> None:
+        if self._trainingTimer is not None:
+            self._trainingTimer.stop()
+            self._trainingTimer = None
+        if self._training is not None:
+            self._training.cancel()  # the trainer writes its model atomically: nothing is left
+            self._training = None
+        if hasattr(self, "ui"):
+            self.ui.trainButton.text = _("Train")
+            self.ui.progressBar.hide()
+            self._checkCanApply()
+
+
+def pythonSlicerExecutable() -> str:
+    """The PythonSlicer executable of this Slicer (its Python without the application)."""
+    binDir = os.path.join(slicer.app.slicerHome, "bin")
+    return shutil.which("PythonSlicer", path=binDir) or sys.executable
 
 
 #

@@ -14,7 +14,7 @@ from LabelFreeMRML import placeInSubjectHierarchyBeside, volumeNodeToImage
 from labelfree.errors import InputError
 from labelfree.io import Image, lps_to_ras
 
-from .batch import batchDetectSteps
+from .batch import batchDetectSteps, listVolumes
 from .export import exportLandmarksNode
 from .nodes import (
     IMPORTANCE_ATTRIBUTE,
@@ -235,6 +235,48 @@ class LandmarkDiscoveryLogic:
             inputs, outputFolder, modelPath, keep, minImportance, fileFormat, device, tableName
         )
         return run_steps(steps, progressCallback)
+
+    # ------------------------------------------------------------------ training inputs
+
+    def trainingInputs(self, workDir, volumeNodes=None, folder=None):
+        """Image files to train a landmark model on: volume nodes (written as NRRD) or a folder's images.
+
+        Volumes are written in world geometry (parent transforms hardened) to
+        ``workDir/<name>.nrrd`` for the headless trainer
+        (``Resources/Scripts/labelfree_train.py``, run by ``LabelFreeTraining``).
+        The Siamese regressor learns from pairs, so at least two images are needed.
+
+        Returns
+        -------
+        list of Path
+        """
+        from labelfree.io import write_image
+
+        if (volumeNodes is None) == (folder is None):
+            raise InputError("Train on either volumes of the scene or the batch input folder.")
+        if folder is not None:
+            files = listVolumes(folder)
+        else:
+            files = []
+            for number, volumeNode in enumerate(volumeNodes):
+                self._checkVolumeNode(volumeNode)
+                image = _asEngineImage(volumeNodeToImage(volumeNode))
+                name = "".join(
+                    c if c.isalnum() or c in "-_." else "_" for c in volumeNode.GetName()
+                )
+                files.append(write_image(image, Path(workDir) / f"{number:03d}_{name}.nrrd"))
+        if len(files) < 2:
+            raise InputError(
+                "Landmark training learns from pairs of images: load at least two volumes of the "
+                "same kind (e.g. several subjects), or choose a folder of images."
+            )
+        return files
+
+    def trainableVolumes(self):
+        """Scalar volumes of the scene that training can use (label maps excluded)."""
+        nodes = self.scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
+        volumes = [nodes.GetItemAsObject(i) for i in range(nodes.GetNumberOfItems())]
+        return [v for v in volumes if not v.IsA("vtkMRMLLabelMapVolumeNode") and v.GetImageData()]
 
     # ------------------------------------------------------------------ helpers
 

@@ -375,3 +375,58 @@ def test_self_test_data_gives_landmarks_inside_the_volume(scene, tmp_path):
     assert points.shape == (5, 3)
     assert np.all(points >= bounds[0::2] - 1e-6) and np.all(points <= bounds[1::2] + 1e-6)
     assert len({tuple(np.round(p, 3)) for p in points}) == 5
+
+
+def test_training_inputs_from_scene_volumes(
+    scene, obliqueVolumeNode, makeVolumeNode, phantomArray, tmp_path
+):
+    """What "Train" hands the headless trainer: the scene's volumes as files, in world geometry."""
+    from LabelFreeMRML import volumeNodeToImage
+
+    logic = LandmarkDiscoveryLogic(scene)
+    transformNode, _ = linearTransform(scene)
+    obliqueVolumeNode.SetAndObserveTransformNodeID(transformNode.GetID())
+    makeVolumeNode(phantomArray(seed=1), spacing=(1.0, 0.5, 2.0), name="second")
+    scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")  # not trainable
+    volumes = logic.trainableVolumes()
+    assert [v.GetName() for v in volumes] == ["oblique", "second"]
+    paths = logic.trainingInputs(tmp_path, volumeNodes=volumes)
+    for path, node in zip(paths, volumes, strict=True):
+        written, expected = read_image(path), volumeNodeToImage(node)
+        np.testing.assert_array_equal(written.array, expected.array)
+        np.testing.assert_allclose(written.origin, expected.origin, atol=1e-4)
+        np.testing.assert_allclose(written.direction, expected.direction, atol=1e-6)
+    with pytest.raises(InputError, match="either"):
+        logic.trainingInputs(tmp_path)
+    with pytest.raises(InputError, match="at least two"):
+        logic.trainingInputs(tmp_path, volumeNodes=volumes[:1])
+
+
+@pytest.mark.slow
+def test_headless_training_gives_a_model_the_logic_uses(
+    scene, obliqueVolumeNode, makeVolumeNode, phantomArray, tmp_path
+):
+    """The "Train" path without Qt: the trainer runs in a child process (as the widget starts
+    it) on the scene's volumes, and its model finds landmarks on the volume (~30 s)."""
+    import sys
+
+    from LabelFreeTraining import TrainingProcess, trainingCommand
+
+    logic = LandmarkDiscoveryLogic(scene)
+    makeVolumeNode(phantomArray(seed=1), spacing=(1.0, 0.5, 2.0), name="second")
+    paths = logic.trainingInputs(tmp_path, volumeNodes=logic.trainableVolumes())
+    command = trainingCommand(
+        "landmarks",
+        paths,
+        tmp_path / "trained.pt",
+        python=sys.executable,
+        landmarks=4,
+        epochs=1,
+        input_size=48,
+        device="cpu",
+    )
+    process = TrainingProcess(command)
+    assert process.wait(timeout=300) == 0, "\n".join(process.log[-20:])
+    assert process.succeeded and process.modelPath == tmp_path / "trained.pt"
+    markups = logic.detect(obliqueVolumeNode, modelPath=process.modelPath)
+    assert markups.GetNumberOfControlPoints() == 4
