@@ -20,6 +20,7 @@ from labelfree.landmarks.redundancy import (
     image_pairs,
     importance_from_landmarks,
     landmark_importance,
+    leave_one_out_losses,
 )
 from labelfree.landmarks.regressor import LandmarkRegressor, corner_landmarks
 from labelfree.landmarks.tps import warp_image
@@ -253,3 +254,22 @@ def test_landmark_importance_from_a_regressor_is_deterministic():
     assert first.max() == pytest.approx(1.0) and first.min() >= 0.0
     with pytest.raises(InputError, match="at least 2 images"):
         landmark_importance(reg, config, [images[0]])
+
+
+def test_shared_kernel_leave_one_out_matches_warp_image():
+    images, points = _warped_phantoms(n=2, size=32)
+    src_img = torch.from_numpy(images[0])[None, None]
+    tgt_img = torch.from_numpy(images[1])[None, None]
+    src = torch.from_numpy(points[0]).float()
+    tgt = torch.from_numpy(points[1]).float()
+    loss_all, loss_without = leave_one_out_losses(src_img, tgt_img, src, tgt, n_fixed=4, ridge=1e-6)
+    assert loss_without.shape == (4,)
+
+    def direct(rows):
+        warped = warp_image(src_img, tgt[rows][None], src[rows][None], ridge=1e-6)
+        return float((warped - tgt_img).pow(2).mean())
+
+    assert loss_all == pytest.approx(direct(list(range(8))), rel=1e-4)
+    for k in range(4):
+        rows = [i for i in range(8) if i != k]
+        assert loss_without[k] == pytest.approx(direct(rows), rel=1e-4)

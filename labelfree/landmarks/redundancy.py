@@ -27,6 +27,7 @@ axis.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,11 +36,12 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from labelfree.errors import InputError, LabelFreeError
-from labelfree.landmarks.model import prepare_image
-from labelfree.landmarks.tps import warp_image
+from labelfree.landmarks.model import load_landmark_model, prepare_image, save_landmark_model
+from labelfree.landmarks.tps import identity_grid, tps_fit, tps_kernel
 
 METHODS = ("increase", "reference")
-# Elements of the (batch, pixels, landmarks, ndim) distance tensor per chunk: ~128 MB float32.
+DEFAULT_RIDGE = 1e-6  # what training keeps on the spline kernel
+# Elements per chunk of warped sets (grid positions and images): ~128 MB float32.
 _CHUNK_ELEMENTS = 2**25
 
 
@@ -67,35 +69,16 @@ def image_pairs(n_images: int, n_pairs: int, seed: int = 0) -> np.ndarray:
     return all_pairs[np.sort(rng.choice(len(all_pairs), n_pairs, replace=False))]
 
 
-def _registration_losses(
-    source_image: torch.Tensor,
-    target_image: torch.Tensor,
-    source_sets: torch.Tensor,
-    target_sets: torch.Tensor,
-) -> torch.Tensor:
-    """MSE after warping one source onto one target with each landmark set, ``(B,)``.
-
-    ``source_image`` and ``target_image`` are ``(1, 1, *S)``; the landmark sets
-    ``(B, M, D)``. Chunked over ``B`` so the kernel evaluation fits in memory.
-    """
-    n_pixels = target_image[0, 0].numel()
-    batch, m, ndim = target_sets.shape
-    chunk = max(1, _CHUNK_ELEMENTS // (n_pixels * m * ndim))
-    losses = []
-    for start in range(0, batch, chunk):
-        tgt = target_sets[start : start + chunk]
-        src = source_sets[start : start + chunk]
-        images = source_image.expand(len(tgt), *source_image.shape[1:])
-        try:
-            warped = warp_image(images, tgt, src, output_shape=tuple(target_image.shape[2:]))
-        except RuntimeError as err:  # torch.linalg errors on a singular spline system
-            raise LabelFreeError(
-                "The thin-plate spline through the predicted landmarks is singular: two "
-                "landmarks coincide. The model has collapsed; retrain it (more epochs, a "
-                "larger regularisation weight) or use fewer landmarks."
-            ) from err
-        losses.append((warped - target_image).pow(2).flatten(1).mean(1))
-    return torch.cat(losses)
+def _fit(target_sets: torch.Tensor, source_sets: torch.Tensor, ridge: float) -> torch.Tensor:
+    """Backward-warp spline coefficients ``(B, M + D + 1, D)`` of each landmark set."""
+    try:
+        return tps_fit(target_sets, source_sets - target_sets, ridge)
+    except RuntimeError as err:  # torch.linalg errors on a singular spline system
+        raise LabelFreeError(
+            "The thin-plate spline through the predicted landmarks is singular: two "
+            "landmarks coincide. The model has collapsed; retrain it (more epochs, a "
+            "larger regularisation weight) or use fewer landmarks."
+        ) from err
 
 
 def leave_one_out_losses(
@@ -104,8 +87,16 @@ def leave_one_out_losses(
     source_points: torch.Tensor,
     target_points: torch.Tensor,
     n_fixed: int = 0,
+    ridge: float = 0.0,
 ) -> tuple[float, np.ndarray]:
     """Registration loss of one pair with all landmarks and without each learned one.
+
+    The warp of each set is the one :func:`labelfree.landmarks.tps.warp_image`
+    computes (backward thin-plate spline, bilinear, border padding,
+    ``align_corners=True``). The kernel between the grid and the landmarks is
+    evaluated once and shared by all ``K + 1`` splines: leaving landmark ``k``
+    out is a zero weight on its column, so the cost per left-out landmark is
+    one solve and one matrix product.
 
     Parameters
     ----------
@@ -115,6 +106,8 @@ def leave_one_out_losses(
         ``(K + n_fixed, D)`` normalised landmarks, learned first, fixed last.
     n_fixed : int
         Trailing landmarks that are never left out.
+    ridge : float
+        Kernel ridge of the spline (:func:`labelfree.landmarks.tps.tps_matrix`).
 
     Returns
     -------
@@ -130,14 +123,41 @@ def leave_one_out_losses(
             f"Leaving one landmark out needs at least {ndim + 2} landmarks in {ndim}-D "
             f"(learned + fixed), got {total}."
         )
-    keep = ~torch.eye(n_learned, total, dtype=torch.bool)
-    src_sets = torch.stack([source_points[row] for row in keep])
-    tgt_sets = torch.stack([target_points[row] for row in keep])
-    all_loss = _registration_losses(
-        source_image, target_image, source_points[None], target_points[None]
+    dtype, device = target_points.dtype, target_points.device
+    keep = ~torch.eye(n_learned, total, dtype=torch.bool, device=device)
+    coef_all = _fit(target_points[None], source_points[None], ridge)
+    coef_loo = _fit(
+        target_points[None].expand(n_learned, -1, -1)[keep].view(n_learned, total - 1, ndim),
+        source_points[None].expand(n_learned, -1, -1)[keep].view(n_learned, total - 1, ndim),
+        ridge,
     )
-    without = _registration_losses(source_image, target_image, src_sets, tgt_sets)
-    return float(all_loss[0]), without.double().numpy()
+    # Kernel weights on all `total` columns (0 for the left-out one), affine parts apart.
+    weights = torch.zeros(1 + n_learned, total, ndim, dtype=dtype, device=device)
+    weights[0] = coef_all[0, :total]
+    weights[1:][keep] = coef_loo[:, : total - 1].reshape(-1, ndim)
+    affine = torch.cat([coef_all[:, total:], coef_loo[:, total - 1 :]])
+    shape = tuple(target_image.shape[2:])
+    grid = identity_grid(shape, dtype, device).reshape(-1, ndim)
+    kernel = tps_kernel((grid[:, None, :] - target_points[None]).pow(2).sum(-1), ndim)
+    basis = torch.cat([torch.ones_like(grid[:, :1]), grid], dim=1)
+    n_sets = 1 + n_learned
+    chunk = max(1, _CHUNK_ELEMENTS // (grid.numel() * 4))
+    losses = []
+    for start in range(0, n_sets, chunk):
+        w, a = weights[start : start + chunk], affine[start : start + chunk]
+        mapped = (
+            grid + torch.einsum("nm,bmd->bnd", kernel, w) + torch.einsum("ne,bed->bnd", basis, a)
+        )
+        warped = F.grid_sample(
+            source_image.expand(len(w), *source_image.shape[1:]),
+            mapped.view(len(w), *shape, ndim),
+            mode="bilinear",
+            padding_mode="border",
+            align_corners=True,
+        )
+        losses.append((warped - target_image).pow(2).flatten(1).mean(1))
+    losses = torch.cat(losses).double()
+    return float(losses[0]), losses[1:].numpy()
 
 
 def score_importance(loss_all: np.ndarray, loss_without: np.ndarray, method: str) -> np.ndarray:
@@ -176,6 +196,7 @@ def importance_from_landmarks(
     n_fixed: int,
     pairs: np.ndarray,
     method: str = "increase",
+    ridge: float = 0.0,
 ) -> np.ndarray:
     """Importance of each learned landmark given images and their landmarks.
 
@@ -193,6 +214,8 @@ def importance_from_landmarks(
         ``(P, 2)`` ``(source, target)`` image indices (:func:`image_pairs`).
     method : str
         ``"increase"`` or ``"reference"``.
+    ridge : float
+        Kernel ridge of the spline.
 
     Returns
     -------
@@ -211,7 +234,7 @@ def importance_from_landmarks(
     with torch.no_grad():
         for s, t in np.asarray(pairs, dtype=int):
             a, w = leave_one_out_losses(
-                imgs[s][None, None], imgs[t][None, None], pts[s], pts[t], n_fixed
+                imgs[s][None, None], imgs[t][None, None], pts[s], pts[t], n_fixed, ridge
             )
             loss_all.append(a)
             loss_without.append(w)
@@ -231,6 +254,7 @@ def landmark_importance(
     *,
     method: str = "increase",
     eval_size: int | None = None,
+    ridge: float = DEFAULT_RIDGE,
 ) -> np.ndarray:
     """Leave-one-out importance of each learned landmark of a trained model.
 
@@ -251,6 +275,9 @@ def landmark_importance(
     eval_size : int, optional
         Pixels per axis of the grid where the loss is measured; default
         ``input_size`` in 2-D and ``min(input_size, 48)`` in 3-D (memory and time).
+    ridge : float
+        Kernel ridge of the spline; training keeps ``1e-6`` throughout, so the
+        same here keeps near-coincident landmarks finite.
 
     Returns
     -------
@@ -277,4 +304,55 @@ def landmark_importance(
         mode = "bilinear" if ndim == 2 else "trilinear"
         grid = F.interpolate(grid, size=(eval_size,) * ndim, mode=mode, align_corners=True)
     n_fixed = int(config.get("n_fixed", points.shape[1] - config["n_landmarks"]))
-    return importance_from_landmarks(grid[:, 0].numpy(), points.numpy(), n_fixed, pairs, method)
+    return importance_from_landmarks(
+        grid[:, 0].numpy(), points.numpy(), n_fixed, pairs, method, ridge
+    )
+
+
+def store_importance(
+    model_path: str | os.PathLike,
+    images: Sequence[Any],
+    n_pairs: int = 64,
+    seed: int = 0,
+    *,
+    method: str = "increase",
+) -> np.ndarray:
+    """Compute landmark importance for a model file and store it in the file.
+
+    The model is rewritten atomically with ``config["importance"]`` (list of
+    K floats, max 1) and ``config["importance_method"]``; its card records
+    how the importance was measured.
+
+    Parameters
+    ----------
+    model_path : path-like
+        A landmark model file; rewritten in place.
+    images : sequence of ndarray or labelfree.io.Image
+        Images of the training distribution (the training set is fine).
+    n_pairs, seed, method
+        As :func:`landmark_importance`.
+
+    Returns
+    -------
+    ndarray
+        ``(K,)`` the stored importance.
+    """
+    regressor, config, card = load_landmark_model(model_path)
+    ridge = float(card.get("training", {}).get("ridge", DEFAULT_RIDGE))
+    importance = landmark_importance(
+        regressor, config, images, n_pairs, seed, method=method, ridge=ridge
+    )
+    config = {**config, "importance": [float(v) for v in importance], "importance_method": method}
+    n_images = len(images)
+    card = {
+        **card,
+        "importance": {
+            "method": method,
+            "pairs": int(min(n_pairs, n_images * (n_images - 1))),
+            "images": n_images,
+            "seed": seed,
+            "kept_above_0.1": int((importance >= 0.1).sum()),
+        },
+    }
+    save_landmark_model(model_path, regressor, config, card)
+    return importance

@@ -1,0 +1,239 @@
+"""``labelfree landmarks train | detect | importance``.
+
+- ``train INPUT... --out FILE --landmarks K``: trains a regressor on the
+  images, then measures and stores each landmark's importance in the model.
+- ``detect INPUT --model FILE --out FILE(.mrk.json|.fcsv|.csv)``: points in the
+  input's physical space, named ``LM-01``..., importance in each point's
+  description (markups) or its own column (CSV). With several inputs or a
+  folder of images, ``--out`` is a folder: one file per input and one table.
+- ``importance MODEL INPUT...``: (re)computes and stores importance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from labelfree.devices import DEVICE_CHOICES
+from labelfree.errors import InputError, LabelFreeError
+from labelfree.markups import MARKUPS_SUFFIXES, markups_format
+
+IMAGE_SUFFIXES = (
+    ".nrrd",
+    ".nii",
+    ".nii.gz",
+    ".mha",
+    ".mhd",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".tif",
+    ".tiff",
+)
+BATCH_TABLE = "landmarks.csv"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``landmarks`` and its sub-commands to the ``labelfree`` parser."""
+    parser = subparsers.add_parser(
+        "landmarks",
+        help="self-supervised landmark discovery",
+        description="Train a landmark regressor without labels; detect landmarks for shape analysis.",
+    )
+    commands = parser.add_subparsers(dest="landmarks_command", required=True)
+    _add_train(commands)
+    _add_detect(commands)
+    _add_importance(commands)
+
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "train",
+        help="train a landmark model on unlabeled images",
+        description="Train on roughly aligned images (all 2-D or all 3-D), then rank landmarks.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="images or volumes (2 or more)")
+    p.add_argument("--out", required=True, type=Path, help="model file to write (.pt)")
+    p.add_argument("--landmarks", required=True, type=int, metavar="K", help="learned landmarks")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--input-size", type=int, default=None, help="network input side (px)")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    p.add_argument(
+        "--importance-pairs",
+        type=int,
+        default=64,
+        metavar="N",
+        help="image pairs for landmark importance after training (0: skip)",
+    )
+    p.set_defaults(func=_train)
+
+
+def _add_detect(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "detect",
+        help="detect landmarks on images",
+        description=(
+            "Detect landmarks; points are in each input's physical space (RAS in the files "
+            "Slicer reads; .mrk.json stores LPS as Slicer does)."
+        ),
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image, volume, or folder of them")
+    p.add_argument("--model", type=Path, default=None, help="landmark model (default: bundled)")
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="landmark file (.mrk.json, .fcsv or .csv); a folder for several inputs",
+    )
+    p.add_argument("--keep", type=int, default=None, metavar="N", help="keep the N most important")
+    p.add_argument(
+        "--min-importance", type=float, default=None, metavar="F", help="keep importance >= F"
+    )
+    p.add_argument(
+        "--format",
+        choices=[s[1:] for s in MARKUPS_SUFFIXES],
+        default="mrk.json",
+        help="file type per input in batch mode",
+    )
+    p.add_argument(
+        "--table", type=Path, default=None, help=f"batch table (default OUT/{BATCH_TABLE})"
+    )
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    p.set_defaults(func=_detect)
+
+
+def _add_importance(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "importance",
+        help="measure and store landmark importance in a model",
+        description="Leave-one-out registration importance of each landmark, stored in MODEL.",
+    )
+    p.add_argument("model", type=Path, metavar="MODEL")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="images (2 or more)")
+    p.add_argument("--pairs", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--method", choices=("increase", "reference"), default="increase")
+    p.set_defaults(func=_importance)
+
+
+class _Reporter:
+    """Prints progress to stderr at most every two seconds."""
+
+    def __init__(self) -> None:
+        self.last = 0.0
+
+    def __call__(self, report) -> None:
+        now = time.monotonic()
+        if now - self.last >= 2.0 or report.fraction >= 1.0:
+            self.last = now
+            print(f"[{100 * report.fraction:5.1f}%] {report.message}", file=sys.stderr)
+
+
+def _read_all(paths: list[Path]):
+    from labelfree.io import read_image
+
+    return [read_image(p) for p in paths]
+
+
+def _train(args: argparse.Namespace) -> int:
+    from labelfree.landmarks.redundancy import store_importance
+    from labelfree.landmarks.train import train_from_files
+
+    if args.importance_pairs < 0:
+        raise InputError("--importance-pairs must be 0 (skip) or more.")
+    paths = [Path(p) for p in args.inputs]
+    out = train_from_files(
+        paths,
+        args.out,
+        n_landmarks=args.landmarks,
+        epochs=args.epochs,
+        seed=args.seed,
+        input_size=args.input_size,
+        device=args.device,
+        progress=_Reporter(),
+    )
+    print(f"model: {out}")
+    if args.importance_pairs == 0:
+        return 0
+    try:
+        importance = store_importance(out, _read_all(paths), args.importance_pairs, args.seed)
+    except LabelFreeError as err:
+        # The trained model is worth keeping; importance can be measured later.
+        print(
+            f"labelfree: warning: model kept without landmark importance ({err}); run "
+            f"`labelfree landmarks importance {out} INPUT...` later.",
+            file=sys.stderr,
+        )
+        return 0
+    print(f"importance stored: {int((importance >= 0.1).sum())}/{len(importance)} landmarks >= 0.1")
+    return 0
+
+
+def expand_inputs(inputs: list[str | Path]) -> list[Path]:
+    """Inputs as files: a folder holding image files stands for those files (sorted).
+
+    A folder without image files (e.g. a DICOM series) stays one input.
+    """
+    paths: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files = sorted(
+                p for p in item.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)
+            )
+            paths.extend(files or [item])
+        else:
+            paths.append(item)
+    return paths
+
+
+def _detect(args: argparse.Namespace) -> int:
+    from labelfree.io import read_image
+    from labelfree.landmarks.detect import detect_files, detect_landmarks
+
+    paths = expand_inputs(args.inputs)
+    if not paths:
+        raise InputError("No input images given.")
+    single = len(paths) == 1 and not Path(args.inputs[0]).is_dir() and args.out.suffix != ""
+    if single:
+        markups_format(args.out)  # refuse an unknown suffix before any work
+        landmarks = detect_landmarks(
+            read_image(paths[0]),
+            args.model,
+            keep=args.keep,
+            min_importance=args.min_importance,
+            device=args.device,
+        )
+        landmarks.write(args.out, name=args.out.name.split(".")[0])
+        print(f"{len(landmarks)} landmarks -> {args.out}")
+        return 0
+    if args.out.exists() and not args.out.is_dir():
+        raise InputError(f"--out {args.out} must be a folder when detecting on several inputs.")
+    table = args.table or args.out / BATCH_TABLE
+    written = detect_files(
+        paths,
+        args.model,
+        args.out,
+        suffix="." + args.format,
+        table=table,
+        keep=args.keep,
+        min_importance=args.min_importance,
+        device=args.device,
+        callback=lambda i, n, p: print(f"[{i}/{n}] {p.name}", file=sys.stderr),
+    )
+    print(f"{len(paths)} inputs -> {args.out} (table: {written[-1]})")
+    return 0
+
+
+def _importance(args: argparse.Namespace) -> int:
+    from labelfree.landmarks.detect import landmark_names
+    from labelfree.landmarks.redundancy import store_importance
+
+    images = _read_all(expand_inputs(args.inputs))
+    importance = store_importance(args.model, images, args.pairs, args.seed, method=args.method)
+    names = landmark_names(len(importance))
+    ranked = sorted(enumerate(importance), key=lambda kv: -kv[1])
+    print(", ".join(f"{names[k]}={v:.3f}" for k, v in ranked))
+    return 0
