@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from labelfree.cuts import condense, persistent_structures, segment_persistence, spectral_kmeans
+from labelfree.cuts import (
+    condense,
+    persistent_structures,
+    segment_persistence,
+    spectral_kmeans,
+    spectral_node_labels,
+)
 from labelfree.errors import InputError
 
 
@@ -134,3 +140,12 @@ def test_spectral_kmeans_is_deterministic_and_handles_few_points():
         spectral_kmeans(points, k=0)
     with pytest.raises(InputError, match="NaN"):
         spectral_kmeans(np.full((5, 2), np.nan))
+
+
+def test_spectral_on_a_hierarchys_nodes_matches_spectral_on_points():
+    points, truth = blobs([900, 700, 500, 300])
+    h = condense(points, seed=2)
+    per_node = spectral_node_labels(h.reduction, k=4, seed=2)
+    assert per_node.shape == (h.reduction.nodes.shape[0],)
+    assert ari(per_node[h.node_of], spectral_kmeans(points, k=4, seed=2)) == 1.0
+    assert ari(per_node[h.reduction.nearest_node(points)], truth) == 1.0

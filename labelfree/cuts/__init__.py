@@ -6,7 +6,7 @@ which need torch, are imported from their own submodules.
 
 from labelfree.cuts.condense import Hierarchy, condense, select_levels
 from labelfree.cuts.persistent import persistent_structures, segment_persistence
-from labelfree.cuts.spectral import spectral_kmeans
+from labelfree.cuts.spectral import spectral_kmeans, spectral_node_labels
 
 __all__ = [
     "Hierarchy",
@@ -15,4 +15,5 @@ __all__ = [
     "segment_persistence",
     "select_levels",
     "spectral_kmeans",
+    "spectral_node_labels",
 ]

@@ -15,7 +15,7 @@ import numpy as np
 from scipy import linalg
 from scipy.sparse.linalg import eigsh
 
-from labelfree.cuts.precluster import reduce_points
+from labelfree.cuts.precluster import Reduction, reduce_points
 from labelfree.errors import InputError
 
 
@@ -164,13 +164,7 @@ def spectral_kmeans(
     red = reduce_points(
         points, n_components=n_components, n_nodes=n_nodes, normalize=normalize, seed=seed
     )
-    m = red.nodes.shape[0]
-    if m <= k:
-        node_labels = np.arange(m)
-    else:
-        coords = diffusion_map(red.nodes, red.mass, n_eigen=k, knn=knn, t=t)
-        rng = np.random.default_rng(seed)
-        node_labels = weighted_kmeans(coords, red.mass, k, rng, n_init=n_init)
+    node_labels = spectral_node_labels(red, k=k, seed=seed, knn=knn, t=t, n_init=n_init)
     labels = node_labels[red.node_of]
     # Number clusters by size (largest first; ties by first occurrence) for stable colours.
     ids, first, size = np.unique(labels, return_index=True, return_counts=True)
@@ -178,3 +172,34 @@ def spectral_kmeans(
     lut = np.empty(int(labels.max()) + 1, dtype=np.int32)
     lut[order] = np.arange(order.size, dtype=np.int32)
     return lut[labels]
+
+
+def spectral_node_labels(
+    reduction: Reduction,
+    k: int = 10,
+    seed: int = 0,
+    *,
+    knn: int = 10,
+    t: int = 2,
+    n_init: int = 10,
+) -> np.ndarray:
+    """Spectral k-means of the micro-clusters of a :class:`~.precluster.Reduction`.
+
+    Use it to cluster with the nodes a hierarchy already has (``hierarchy.reduction``):
+    the labels of points are then ``out[hierarchy.node_of]``, and of new points
+    ``out[hierarchy.reduction.nearest_node(points)]``.
+
+    Returns
+    -------
+    (M,) int32
+        A cluster ``0..k'-1`` per node (not ordered by size).
+    """
+    if k < 1 or n_init < 1 or knn < 1 or t < 0:
+        raise InputError("Need k >= 1, n_init >= 1, knn >= 1 and t >= 0.")
+    m = reduction.nodes.shape[0]
+    if m <= k:
+        return np.arange(m, dtype=np.int32)
+    coords = diffusion_map(reduction.nodes, reduction.mass, n_eigen=k, knn=knn, t=t)
+    rng = np.random.default_rng(seed)
+    labels = weighted_kmeans(coords, reduction.mass, k, rng, n_init=n_init)
+    return np.unique(labels, return_inverse=True)[1].ravel().astype(np.int32)
