@@ -430,3 +430,18 @@ def test_headless_training_gives_a_model_the_logic_uses(
     assert process.succeeded and process.modelPath == tmp_path / "trained.pt"
     markups = logic.detect(obliqueVolumeNode, modelPath=process.modelPath)
     assert markups.GetNumberOfControlPoints() == 4
+
+
+def test_logic_imports_without_torch_scipy_or_skimage():
+    """Slicer loads the module before the user agreed to install torch: no eager imports."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    code = (
+        f"import sys; sys.path[:0] = [r'{root}/LabelFreeCommon', r'{root}/LandmarkDiscovery'];"
+        "import LandmarkDiscoveryLib, LandmarkDiscoveryLib.testdata;"
+        "print(sorted(m for m in ('torch', 'scipy', 'skimage') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
