@@ -24,6 +24,8 @@ import torch.nn.functional as F  # noqa: N812
 
 from labelfree.errors import InputError
 
+_TINY = 1e-30
+
 
 def tps_kernel(r2: torch.Tensor, ndim: int) -> torch.Tensor:
     """Radial basis ``U`` as a function of the squared distance.
@@ -38,24 +40,29 @@ def tps_kernel(r2: torch.Tensor, ndim: int) -> torch.Tensor:
     Returns
     -------
     Tensor
-        ``U`` with the shape of ``r2``; exactly 0 where ``r2 == 0``, with a
-        zero gradient there rather than NaN.
+        ``U`` with the shape of ``r2``. Where ``r2 == 0`` it is 0 in 2-D and
+        ``1e-15`` in 3-D (negligible), with a finite gradient rather than NaN.
     """
-    positive = r2 > 0
-    # The double `where` keeps log/sqrt away from 0 so their gradients stay finite.
-    safe = torch.where(positive, r2, torch.ones_like(r2))
+    # Clamping keeps log/sqrt and their derivatives finite at r = 0, where the
+    # gradient of r2 itself is 0, so coincident points stay differentiable.
+    safe = r2.clamp_min(_TINY)
     if ndim == 2:
-        u = 0.5 * safe * torch.log(safe)
-    elif ndim == 3:
-        u = torch.sqrt(safe)
-    else:
-        raise InputError(f"Thin-plate splines need 2 or 3 dimensions, got {ndim}.")
-    return torch.where(positive, u, torch.zeros_like(u))
+        return 0.5 * r2 * torch.log(safe)
+    if ndim == 3:
+        return torch.sqrt(safe)
+    raise InputError(f"Thin-plate splines need 2 or 3 dimensions, got {ndim}.")
 
 
 def _pairwise_r2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Squared distances ``(B, N, M)`` between ``a (B, N, D)`` and ``b (B, M, D)``."""
     return (a.unsqueeze(-2) - b.unsqueeze(-3)).pow(2).sum(-1)
+
+
+def _pairwise_r2_fast(points: torch.Tensor, control: torch.Tensor) -> torch.Tensor:
+    """As :func:`_pairwise_r2` through one matrix product (for many points, few controls)."""
+    cross = points @ control.transpose(-1, -2)
+    r2 = points.pow(2).sum(-1, keepdim=True) - 2 * cross + control.pow(2).sum(-1).unsqueeze(-2)
+    return r2.clamp_min(0)
 
 
 def tps_matrix(control: torch.Tensor, ridge: float = 0.0) -> torch.Tensor:
@@ -141,7 +148,10 @@ def tps_evaluate(points: torch.Tensor, control: torch.Tensor, coef: torch.Tensor
         ``(B, N, M)``.
     """
     k, ndim = control.shape[-2:]
-    u = tps_kernel(_pairwise_r2(points, control), ndim)
+    # U = r has an infinite slope at 0 in 3-D, where the matrix-product shortcut's
+    # rounding would show; r^2 log r is flat there.
+    r2 = _pairwise_r2_fast(points, control) if ndim == 2 else _pairwise_r2(points, control)
+    u = tps_kernel(r2, ndim)
     ones = torch.ones(*points.shape[:-1], 1, dtype=points.dtype, device=points.device)
     return u @ coef[..., :k, :] + torch.cat([ones, points], dim=-1) @ coef[..., k:, :]
 

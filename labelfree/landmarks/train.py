@@ -1,0 +1,456 @@
+"""Self-supervised training of the landmark regressor on image pairs.
+
+Each epoch presents every training image once as the source of a pair with
+a random other image as the target. The network sees whitened images with
+small Gaussian noise; the loss (:mod:`labelfree.landmarks.loss`) compares
+the clean whitened images. Images of any size are resampled to the model's
+``input_size`` per axis (corners to corners), so a training list may mix
+sizes and spacings: landmarks are then learned in the normalised frame of
+each image's field of view, which is what detection uses too. A small ridge
+on the spline's kernel keeps the solve finite when predicted landmarks
+coincide; the checkpoint with the lowest validation loss is kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from labelfree.devices import resolve_device
+from labelfree.errors import InputError
+from labelfree.landmarks.loss import DEFAULT_LAMBDA, registration_loss
+from labelfree.landmarks.model import (
+    NORMALISATION,
+    as_scalar_array,
+    build_config,
+    resample,
+    save_landmark_model,
+    whiten,
+)
+from labelfree.landmarks.regressor import LandmarkRegressor
+from labelfree.progress import Progress, ProgressCallback, run_steps
+
+DEFAULT_INPUT_SIZE = {2: 128, 3: 48}
+MAX_LANDMARKS = 512
+
+
+@dataclass
+class TrainResult:
+    """What training returns.
+
+    Attributes
+    ----------
+    regressor : LandmarkRegressor
+        The best network (lowest validation loss), in eval mode on the CPU.
+    config : dict
+        Model-file configuration (see :mod:`labelfree.landmarks.model`).
+    history : dict of str to list of float
+        ``train`` and ``val`` loss per epoch, ``val_match`` (image term only).
+    best_epoch : int
+        1-based epoch of the kept checkpoint.
+    seconds : float
+        Wall-clock training time.
+    cpu_seconds : float
+        Process CPU time spent training.
+    settings : dict
+        The training parameters, for the model card.
+    """
+
+    regressor: LandmarkRegressor
+    config: dict[str, Any]
+    history: dict[str, list[float]] = field(default_factory=dict)
+    best_epoch: int = 0
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def _check_sizes(n_landmarks: int, ndim: int, input_size: int, fixed_corners: bool) -> None:
+    total = n_landmarks + (2**ndim if fixed_corners else 0)
+    limit = min(MAX_LANDMARKS, input_size**ndim // 16)
+    if n_landmarks < 1 or total < ndim + 1:
+        raise InputError(
+            f"A {ndim}-D spline needs at least {ndim + 1} landmarks in all; got {total}. "
+            "Ask for more landmarks or keep the fixed corners."
+        )
+    if total > limit:
+        raise InputError(
+            f"{n_landmarks} landmarks is too many for a {input_size}^{ndim} input (at most "
+            f"{limit - total + n_landmarks}); ask for fewer or a larger input size."
+        )
+
+
+def prepare_stack(images: Sequence[np.ndarray], ndim: int, input_size: int) -> torch.Tensor:
+    """Resample and whiten images into a ``(N, 1, *input)`` float32 tensor."""
+    if len(images) == 0:
+        raise InputError("No training images were given; pass at least two.")
+    prepared = []
+    for i, image in enumerate(images):
+        try:
+            array = as_scalar_array(image, ndim)
+        except InputError as err:
+            raise InputError(f"Training image {i}: {err}") from err
+        prepared.append(whiten(resample(array, input_size)))
+    return torch.from_numpy(np.stack(prepared))[:, None]
+
+
+def _split(n: int, val_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Training and validation indices; with fewer than 5 images both are all images."""
+    order = rng.permutation(n)
+    n_val = int(round(n * val_fraction))
+    if n < 5 or n_val == 0:
+        return order, order
+    return order[n_val:], order[:n_val]
+
+
+def _random_targets(indices: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """For each source index, another index of the same set (itself only if alone)."""
+    if len(indices) == 1:
+        return indices.copy()
+    offsets = rng.integers(1, len(indices), size=len(indices))
+    positions = (np.arange(len(indices)) + offsets) % len(indices)
+    return indices[positions]
+
+
+def _pair_loss(
+    model: LandmarkRegressor,
+    stack: torch.Tensor,
+    src: np.ndarray,
+    tgt: np.ndarray,
+    noise_std: float,
+    generator: torch.Generator | None,
+    lam: float,
+    ridge: float,
+    match: str,
+    field_stride: int,
+):
+    clean_s, clean_t = stack[src], stack[tgt]
+    inputs = torch.cat([clean_s, clean_t])
+    if noise_std > 0:
+        noise = torch.randn(inputs.shape, generator=generator, dtype=inputs.dtype)
+        inputs = inputs + noise_std * noise.to(inputs.device)
+    points = model.control_points(inputs)
+    lm_s, lm_t = points[: len(src)], points[len(src) :]
+    return registration_loss(
+        clean_s, clean_t, lm_s, lm_t, lam=lam, ridge=ridge, match=match, field_stride=field_stride
+    )
+
+
+def train_landmarks_steps(
+    images: Sequence[np.ndarray],
+    *,
+    ndim: int,
+    n_landmarks: int,
+    input_size: int | None = None,
+    epochs: int = 100,
+    seed: int = 0,
+    device: str = "cpu",
+    batch_size: int = 16,
+    learning_rate: float = 1e-3,
+    lam: float = DEFAULT_LAMBDA,
+    ridge: float = 1e-6,
+    warmup_ridge: float = 1e-5,
+    noise_std: float = 0.05,
+    val_fraction: float = 0.2,
+    match: str = "mse",
+    fixed_corners: bool = True,
+    channels: Sequence[int] | None = None,
+    field_stride: int = 2,
+) -> Generator[Progress, None, TrainResult]:
+    """Train a landmark regressor, step by step.
+
+    Parameters
+    ----------
+    images : sequence of ndarray
+        Training images, ``(y, x)`` (RGB is made grey) or ``(z, y, x)``, any
+        sizes (each is resampled to ``input_size`` per axis).
+    ndim : int
+        2 or 3.
+    n_landmarks : int
+        Learned landmarks ``K`` (corners come on top when ``fixed_corners``).
+    input_size : int, optional
+        Network input side: 128 in 2-D, 48 in 3-D by default.
+    epochs : int
+        Passes over the training images (each image is a source once per epoch).
+    seed : int
+        Seeds the initialisation, the split, the pairs and the noise.
+    device : str
+        ``"cpu"``, ``"cuda"`` or ``"auto"``.
+    batch_size : int
+        Pairs per step.
+    learning_rate : float
+        Adam's initial rate; it decays along a cosine to 5 % of it.
+    lam : float
+        Condition-number weight, for whitened images (see :mod:`.loss`).
+    ridge : float
+        Kernel ridge kept throughout (keeps coincident landmarks finite).
+    warmup_ridge : float
+        Larger ridge during the first epoch, as the reference does.
+    noise_std : float
+        Std of the Gaussian noise added to the network inputs (whitened units).
+    val_fraction : float
+        Share of images held out for validation (none below 5 images: the
+        training images are then scored).
+    match : str
+        ``"mse"`` or ``"ncc"``.
+    fixed_corners : bool
+        Add the image corners as fixed landmarks.
+    channels : sequence of int, optional
+        Network stage widths.
+    field_stride : int
+        The spline is evaluated every ``field_stride`` pixels and its
+        displacement interpolated in between (see :func:`.loss.registration_loss`).
+
+    Yields
+    ------
+    Progress
+        After every optimisation step.
+
+    Returns
+    -------
+    TrainResult
+    """
+    if ndim not in (2, 3):
+        raise InputError(f"ndim must be 2 or 3, got {ndim}.")
+    input_size = input_size or DEFAULT_INPUT_SIZE[ndim]
+    if epochs < 1 or batch_size < 1:
+        raise InputError("epochs and batch_size must be at least 1.")
+    _check_sizes(n_landmarks, ndim, input_size, fixed_corners)
+    images = list(images)
+    if len(images) < 2:
+        raise InputError(f"Landmark training needs at least two images (pairs); got {len(images)}.")
+    torch_device = resolve_device(device)
+    start_wall, start_cpu = time.perf_counter(), time.process_time()
+    yield Progress(0.0, "preparing images")
+    stack = prepare_stack(images, ndim, input_size).to(torch_device)
+    rng = np.random.default_rng(seed)
+    train_idx, val_idx = _split(len(images), val_fraction, rng)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LandmarkRegressor(
+            ndim, n_landmarks, input_size, fixed_corners, channels=tuple(channels or ()) or None
+        ).to(torch_device)
+    noise_gen = torch.Generator().manual_seed(seed + 1)
+    val_gen = np.random.default_rng(seed + 2)
+    val_pairs = [(val_idx, _random_targets(val_idx, val_gen)) for _ in range(2)]
+    steps_per_epoch = int(np.ceil(len(train_idx) / batch_size))
+    total_steps = epochs * steps_per_epoch
+    optimiser = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda s: 0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(s / total_steps, 1.0)))
+    )
+    history: dict[str, list[float]] = {"train": [], "val": [], "val_match": []}
+    best = (float("inf"), 0, copy.deepcopy(model.state_dict()))
+    skipped = 0
+    step = 0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        order = rng.permutation(train_idx)
+        targets = _random_targets(order, rng)
+        epoch_ridge = warmup_ridge if epoch == 1 else ridge
+        losses = []
+        for b in range(steps_per_epoch):
+            src = order[b * batch_size : (b + 1) * batch_size]
+            tgt = targets[b * batch_size : (b + 1) * batch_size]
+            terms = _pair_loss(
+                model, stack, src, tgt, noise_std, noise_gen, lam, epoch_ridge, match, field_stride
+            )
+            optimiser.zero_grad(set_to_none=True)
+            if torch.isfinite(terms.total):
+                terms.total.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+                optimiser.step()
+                losses.append(float(terms.total.detach()))
+            else:
+                skipped += 1
+            schedule.step()
+            step += 1
+            yield Progress(
+                step / total_steps,
+                f"epoch {epoch}/{epochs}, loss {np.mean(losses) if losses else float('nan'):.4g}",
+            )
+        val_total, val_match = _validate(
+            model, stack, val_pairs, lam, ridge, match, batch_size, field_stride
+        )
+        history["train"].append(float(np.mean(losses)) if losses else float("nan"))
+        history["val"].append(val_total)
+        history["val_match"].append(val_match)
+        if val_total < best[0]:
+            best = (val_total, epoch, copy.deepcopy(model.state_dict()))
+    model.load_state_dict(best[2])
+    model = model.cpu().eval()
+    settings = {
+        "epochs": epochs,
+        "seed": seed,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "lambda": lam,
+        "ridge": ridge,
+        "warmup_ridge": warmup_ridge,
+        "noise_std": noise_std,
+        "match": match,
+        "field_stride": field_stride,
+        "n_train": len(train_idx) if len(val_idx) != len(images) else len(images),
+        "n_val": len(val_idx),
+        "steps": total_steps,
+        "skipped_steps": skipped,
+        "device": str(torch_device),
+    }
+    return TrainResult(
+        regressor=model,
+        config=build_config(model, normalisation=dict(NORMALISATION)),
+        history=history,
+        best_epoch=best[1],
+        seconds=time.perf_counter() - start_wall,
+        cpu_seconds=time.process_time() - start_cpu,
+        settings=settings,
+    )
+
+
+def _validate(
+    model, stack, val_pairs, lam, ridge, match, batch_size, field_stride
+) -> tuple[float, float]:
+    """Mean loss and match term over fixed validation pairs, without input noise."""
+    model.eval()
+    totals, matches, counts = 0.0, 0.0, 0
+    with torch.no_grad():
+        for src_all, tgt_all in val_pairs:
+            for b in range(0, len(src_all), batch_size):
+                src, tgt = src_all[b : b + batch_size], tgt_all[b : b + batch_size]
+                terms = _pair_loss(
+                    model, stack, src, tgt, 0.0, None, lam, ridge, match, field_stride
+                )
+                totals += float(terms.total) * len(src)
+                matches += float(terms.match) * len(src)
+                counts += len(src)
+    return totals / counts, matches / counts
+
+
+def train_landmarks(
+    images: Sequence[np.ndarray],
+    *,
+    progress: ProgressCallback | None = None,
+    **kwargs: Any,
+) -> TrainResult:
+    """Run :func:`train_landmarks_steps` to completion (same arguments)."""
+    return run_steps(train_landmarks_steps(images, **kwargs), progress)
+
+
+def plot_loss_curve(history: dict[str, list[float]], path: str | os.PathLike) -> Path:
+    """Write the training and validation loss per epoch as a PNG (matplotlib Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from labelfree.io import atomic_path
+
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=80)
+    epochs = np.arange(1, len(history["train"]) + 1)
+    ax.semilogy(epochs, history["train"], label="train (with input noise)")
+    ax.semilogy(epochs, history["val"], label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
+def train_from_files(
+    inputs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    n_landmarks: int,
+    epochs: int = 100,
+    seed: int = 0,
+    input_size: int | None = None,
+    device: str = "auto",
+    progress: ProgressCallback | None = None,
+    card: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> Path:
+    """Train on image files and write a landmark model (plus card and loss curve).
+
+    Parameters
+    ----------
+    inputs : sequence of path-like
+        Files SimpleITK reads (all 2-D or all 3-D). Different sizes or
+        spacings are allowed: each image is resampled to the input size over
+        its own field of view (recorded in the card).
+    out : path-like
+        The model file; ``<stem>.card.json`` and ``<stem>.loss.png`` are
+        written beside it.
+    n_landmarks, epochs, seed, input_size, device
+        As :func:`train_landmarks_steps`.
+    progress : callable, optional
+        Receives :class:`~labelfree.progress.Progress`.
+    card : dict, optional
+        Extra model-card entries (e.g. measured metrics).
+    **kwargs
+        Further :func:`train_landmarks_steps` parameters.
+
+    Returns
+    -------
+    Path
+        The model file.
+    """
+    from labelfree.io import read_image
+
+    paths = [Path(p) for p in inputs]
+    if not paths:
+        raise InputError("No training images were given; pass at least two files.")
+    loaded = [read_image(p) for p in paths]
+    dims = {img.ndim for img in loaded}
+    if len(dims) > 1:
+        raise InputError("Training images mix 2-D and 3-D inputs; train one model per dimension.")
+    ndim = dims.pop()
+    result = train_landmarks(
+        [img.array for img in loaded],
+        ndim=ndim,
+        n_landmarks=n_landmarks,
+        input_size=input_size,
+        epochs=epochs,
+        seed=seed,
+        device=device,
+        progress=progress,
+        **kwargs,
+    )
+    sizes = sorted({tuple(int(s) for s in img.spatial_shape) for img in loaded})
+    spacings = sorted({tuple(round(s, 4) for s in img.spacing) for img in loaded})
+    full_card = {
+        "trained_on": {
+            "n_images": len(paths),
+            "files": [p.name for p in paths[:50]],
+            "sizes_zyx": [list(s) for s in sizes[:10]],
+            "spacings_xyz_mm": [list(s) for s in spacings[:10]],
+            "resampled": "each image resampled over its field of view to the input size",
+        },
+        "input_channels": 1,
+        "landmarks": n_landmarks,
+        "training": result.settings,
+        "best_epoch": result.best_epoch,
+        "final_loss": {
+            "train": result.history["train"][-1],
+            "val": result.history["val"][result.best_epoch - 1],
+            "val_match": result.history["val_match"][result.best_epoch - 1],
+        },
+        "training_seconds": round(result.seconds, 1),
+        "training_cpu_seconds": round(result.cpu_seconds, 1),
+        **(card or {}),
+    }
+    out = Path(out)
+    save_landmark_model(out, result.regressor, result.config, full_card)
+    plot_loss_curve(result.history, out.with_name(out.stem + ".loss.png"))
+    return out
