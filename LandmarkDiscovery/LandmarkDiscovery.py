@@ -499,4 +499,19 @@ class LandmarkDiscoveryTest(ScriptedLoadableModuleTest):
             logic.detect(None, modelPath=modelPath)
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
 
+        # Through the GUI: parameters set on the parameter node, then Apply.
+        widget = slicer.modules.landmarkdiscovery.widgetRepresentation().self()
+        widget.initializeParameterNode()  # as when the module is entered
+        parameters = widget._parameterNode
+        parameters.inputVolume = volumeNode
+        parameters.useBundledModel = False
+        parameters.modelPath = modelPath
+        parameters.landmarkCount = 3
+        parameters.outputLandmarks = None
+        self.assertTrue(widget.ui.applyButton.enabled)
+        widget.onApplyButton()
+        self.assertIsNotNone(parameters.outputLandmarks)
+        self.assertEqual(parameters.outputLandmarks.GetNumberOfControlPoints(), 3)
+        self.assertEqual(parameters.outputLandmarks.GetTransformNodeID(), transform.GetID())
+
         self.delayDisplay("Test passed")
