@@ -196,4 +196,16 @@ def test_bad_inputs_exit_2_and_write_nothing(trained, tmp_path, capsys):
         ],
         "not found",
     )
+    fails(
+        [
+            "landmarks",
+            "detect",
+            *map(str, paths[:2]),
+            "--model",
+            str(model),
+            "--out",
+            str(out / "b.csv"),
+        ],
+        "must be a folder",
+    )
     assert not out.exists()

@@ -209,8 +209,13 @@ def _detect(args: argparse.Namespace) -> int:
         landmarks.write(args.out, name=args.out.name.split(".")[0])
         print(f"{len(landmarks)} landmarks -> {args.out}")
         return 0
-    if args.out.exists() and not args.out.is_dir():
-        raise InputError(f"--out {args.out} must be a folder when detecting on several inputs.")
+    if (args.out.exists() and not args.out.is_dir()) or args.out.name.lower().endswith(
+        MARKUPS_SUFFIXES
+    ):
+        raise InputError(
+            f"--out {args.out} must be a folder when detecting on several inputs "
+            "(one landmark file per input is written into it, plus a table)."
+        )
     table = args.table or args.out / BATCH_TABLE
     written = detect_files(
         paths,
