@@ -47,6 +47,7 @@ __all__ = [
     "imageFromVolumeNode",
     "placeInSubjectHierarchyBeside",
     "rasToIjkIndex",
+    "removeNodes",
     "updateVolumeFromArray",
     "volumeNodeToImage",
     "worldIJKToRASMatrix",
@@ -229,7 +230,6 @@ def createColorTableNode(scene, names, name: str = "LabelFree colors", colors=No
     colorNode.SetColor(0, "background", 0.0, 0.0, 0.0, 0.0)
     for value, (label, rgb) in enumerate(zip(names, colors, strict=True), start=1):
         colorNode.SetColor(value, str(label), float(rgb[0]), float(rgb[1]), float(rgb[2]), 1.0)
-    colorNode.SetNamesInitialised(True)
     colorNode.SetName(scene.GenerateUniqueName(name))
     colorNode.SetHideFromEditors(False)
     scene.AddNode(colorNode)
@@ -286,6 +286,24 @@ def placeInSubjectHierarchyBeside(scene, node, referenceNode) -> None:
         shNode.SetItemParent(item, parentItem)
     else:
         shNode.CreateItem(parentItem, node)
+
+
+def removeNodes(scene, *nodes) -> None:
+    """Remove nodes with their display and storage nodes (plain MRML leaves those behind)."""
+    for node in nodes:
+        if node is None or node.GetScene() is None:
+            continue
+        attached = []
+        for getCount, getNth in (
+            ("GetNumberOfDisplayNodes", "GetNthDisplayNode"),
+            ("GetNumberOfStorageNodes", "GetNthStorageNode"),
+        ):
+            if hasattr(node, getCount):
+                attached += [getattr(node, getNth)(i) for i in range(getattr(node, getCount)())]
+        scene.RemoveNode(node)
+        for other in attached:
+            if other is not None and other.GetScene() is not None:
+                scene.RemoveNode(other)
 
 
 def _labelDtype(labels: np.ndarray):

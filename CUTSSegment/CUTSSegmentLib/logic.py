@@ -38,6 +38,7 @@ from LabelFreeMRML import (
     distinctColors,
     placeInSubjectHierarchyBeside,
     rasToIjkIndex,
+    removeNodes,
     volumeNodeToImage,
 )
 from vtk.util import numpy_support
@@ -160,6 +161,12 @@ class CUTSSegmentLogic:
             A model file that is missing, foreign, or not a CUTS model.
         """
         image = volumeNodeToImage(inputVolumeNode)
+        if image.channels > 1 and image.spatial_shape[0] > 1:
+            raise InputError(
+                f"'{inputVolumeNode.GetName()}' is an RGB volume with {image.spatial_shape[0]} "
+                "slices; CUTS segments RGB 2-D images and grayscale volumes. Convert it to "
+                "grayscale first (Vector to Scalar Volume module)."
+            )
         from labelfree.cuts.model import load_cuts_model
         from labelfree.devices import resolve_device
 
@@ -179,6 +186,7 @@ class CUTSSegmentLogic:
         seed: int = 0,
         batchSize: int = 8,
         maxLevels: int = 12,
+        poolSize: int | None = None,
         name: str | None = None,
     ) -> Steps[CUTSSegmentResult]:
         """Segment a volume step by step; the generator returns a :class:`CUTSSegmentResult`.
@@ -204,6 +212,8 @@ class CUTSSegmentLogic:
             Random seed; the same seed gives the same labels.
         batchSize, maxLevels : int
             Slices per encoder batch; most condensation levels kept.
+        poolSize : int, optional
+            Voxels pooled for condensation (the engine's default if None).
         name : str, optional
             Base name of the created nodes; from the input's name by default.
         """
@@ -223,16 +233,19 @@ class CUTSSegmentLogic:
             "batch_size": int(batchSize),
             "max_levels": int(maxLevels),
         }
+        if poolSize is not None:
+            options["pool_size"] = int(poolSize)
         baseName = name or f"{inputVolumeNode.GetName()} CUTS"
         return self._runSteps(inputVolumeNode, image, _modelPathOrNone(model), options, baseName)
 
     def _runSteps(self, inputVolumeNode, image, modelPath, options, baseName):
         from labelfree.cuts.volume import segment_volume_steps
 
-        engineSteps = segment_volume_steps(image, modelPath, **options)
+        engineSteps = segment_volume_steps(_engineImage(image), modelPath, **options)
         segmentation = yield from engineSteps
         yield Progress(1.0, "Creating the label map")
         maps, counts = _mapsOf(segmentation, options["method"])
+        maps = [_asVolume(m, image.spatial_shape) for m in maps]
         geometry = image.with_array(np.empty(image.spatial_shape, dtype=np.uint8))
         result = self._createNodes(inputVolumeNode, geometry, maps, counts, baseName)
         result.method = options["method"]
@@ -262,7 +275,7 @@ class CUTSSegmentLogic:
         """Colour table and label map, with the first map shown; all or nothing."""
         created = []
         try:
-            top = max(int(m.max()) for m in maps)
+            top = max(1, max(int(m.max()) for m in maps))
             names = [f"cluster {value}" for value in range(1, top + 1)]
             colorNode = createColorTableNode(self.scene, names, name=f"{baseName} colors")
             created.append(colorNode)
@@ -270,8 +283,7 @@ class CUTSSegmentLogic:
             created.append(labelmapNode)
             placeInSubjectHierarchyBeside(self.scene, labelmapNode, inputVolumeNode)
         except Exception:
-            for node in reversed(created):
-                self.scene.RemoveNode(node)
+            removeNodes(self.scene, *reversed(created))
             raise
         result = CUTSSegmentResult(
             inputVolumeNode, labelmapNode, colorNode, maps, counts, "levels", image
@@ -318,7 +330,7 @@ class CUTSSegmentLogic:
         try:
             segments.importLabelmap(result.labelmapNode, segmentationNode, self._tags(result))
         except Exception:
-            self.scene.RemoveNode(segmentationNode)
+            removeNodes(self.scene, segmentationNode)
             raise
         return segmentationNode
 
@@ -381,7 +393,7 @@ class CUTSSegmentLogic:
             )
         except Exception:
             if created:
-                self.scene.RemoveNode(segmentationNode)
+                removeNodes(self.scene, segmentationNode)
             raise
         return segmentationNode, segmentId
 
@@ -399,7 +411,7 @@ class CUTSSegmentLogic:
         try:
             return export.exportSegmentationNode(segmentationNode, path)
         finally:
-            self.scene.RemoveNode(segmentationNode)
+            removeNodes(self.scene, segmentationNode)
 
 
 def _modelPathOrNone(model) -> str | None:
@@ -410,27 +422,40 @@ def _modelPathOrNone(model) -> str | None:
 
 
 def _mapsOf(segmentation, method: str) -> tuple[list[np.ndarray], list[int]]:
-    """The label maps of a run, values shifted to start at 1 (0 shows as background)."""
+    """The label maps the slider walks (engine labels 1..n; 0 = none) and their cluster counts."""
     if method == "levels":
-        raw = list(segmentation.levels)
-    elif method == "persistent":
-        raw = [segmentation.persistent]
+        raw, counts = list(segmentation.levels), [int(n) for n in segmentation.n_clusters]
     else:
-        raw = [segmentation.kmeans]
-    if not raw or any(m is None for m in raw):
-        raise InputError(f"The engine returned no {method} map; try the 'levels' method.")
-    maps, counts = [], []
+        raw = [segmentation.persistent if method == "persistent" else segmentation.kmeans]
+        if raw[0] is None:
+            raise InputError(f"The engine returned no {method} map; try the 'levels' method.")
+        counts = [int(np.count_nonzero(np.bincount(np.asarray(raw[0]).reshape(-1))[1:]))]
+    if not raw:
+        raise InputError("The engine found no granularity level; check the input volume.")
+    maps = []
     for labels in raw:
         labels = np.asarray(labels)
-        if labels.min() < 0:
-            raise InputError("The engine returned negative labels; report this as a bug.")
-        # Renumber the labels in use to 1..n in O(voxels): bincount, not a sort.
-        present = np.bincount(labels.reshape(-1).astype(np.int64)) > 0
-        lookup = np.cumsum(present)
-        dtype = np.int16 if lookup[-1] < 2**15 else np.int32
-        maps.append(np.ascontiguousarray(lookup.astype(dtype)[labels]))
-        counts.append(int(lookup[-1]))
+        dtype = np.int16 if int(labels.max()) < 2**15 else np.int32
+        maps.append(np.ascontiguousarray(labels, dtype=dtype))
     return maps, counts
+
+
+def _engineImage(image: Image) -> Image:
+    """A one-slice volume (how Slicer holds a 2-D image) as the 2-D image the engine expects."""
+    if image.ndim != 3 or image.spatial_shape[0] != 1:
+        return image
+    return Image(
+        array=image.array[0],
+        spacing=tuple(image.spacing[:2]),
+        origin=tuple(image.origin[:2]),
+        direction=np.asarray(image.direction)[:2, :2].copy(),
+        channels=image.channels,
+    )
+
+
+def _asVolume(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Engine maps of a 2-D image back to the one-slice volume shape."""
+    return labels.reshape(shape)
 
 
 def _imageDataSharing(labels: np.ndarray) -> vtk.vtkImageData:

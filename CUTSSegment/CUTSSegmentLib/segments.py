@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import slicer
 import vtk
-from LabelFreeMRML import ijkToRasFromImage, placeInSubjectHierarchyBeside
+from LabelFreeMRML import ijkToRasFromImage, placeInSubjectHierarchyBeside, removeNodes
 from vtk.util import numpy_support
 
 from labelfree.errors import InputError
@@ -109,4 +109,4 @@ def segmentMask(segmentationNode, segmentId: str, referenceVolumeNode) -> np.nda
 
         return arrayFromVolumeNode(labelmapNode) > 0
     finally:
-        scene.RemoveNode(labelmapNode)
+        removeNodes(scene, labelmapNode)

@@ -43,11 +43,10 @@ def _register(scene, appLogic, name, logic):
     return logic
 
 
-@pytest.fixture
-def scene(tmp_path):
-    """A fresh ``vtkMRMLScene`` with the core logics of the Slicer application attached.
+def newScene():
+    """A ``vtkMRMLScene`` with the core logics of the Slicer application attached.
 
-    The fixture holds the logics until teardown so that they outlive the test.
+    Returns the scene and the logics; keep the logics referenced while the scene is used.
     """
     scene = slicer.vtkMRMLScene()
     appLogic = slicer.vtkSlicerApplicationLogic()
@@ -59,6 +58,7 @@ def scene(tmp_path):
     # built-in tables (Labels, GenericAnatomyColors, ...) are still created.
     colorLogic.AddDefaultColorNodes()
     logics = [
+        appLogic,
         _register(scene, appLogic, "Volumes", slicer.vtkSlicerVolumesLogic()),
         _register(scene, appLogic, "Segmentations", slicer.vtkSlicerSegmentationsModuleLogic()),
         _register(scene, appLogic, "Markups", slicer.vtkSlicerMarkupsLogic()),
@@ -66,9 +66,25 @@ def scene(tmp_path):
             scene, appLogic, "SubjectHierarchy", slicer.vtkSlicerSubjectHierarchyModuleLogic()
         ),
     ]
+    return scene, logics
+
+
+@pytest.fixture
+def scene():
+    """A fresh scene with the core logics attached (see :func:`newScene`), cleared after the test."""
+    scene, logics = newScene()
     yield scene
     scene.Clear(True)
-    del logics, appLogic
+    del logics
+
+
+@pytest.fixture(scope="module")
+def moduleScene():
+    """Like ``scene``, shared by the tests of one file (for expensive set-ups)."""
+    scene, logics = newScene()
+    yield scene
+    scene.Clear(True)
+    del logics
 
 
 def _makeVolumeNode(scene, array, spacing, originRas, directionRas, name="volume", vector=False):
@@ -113,17 +129,22 @@ def phantomArray():
     return _syntheticPhantom
 
 
-@pytest.fixture
-def obliqueVolumeNode(scene):
-    """A scalar volume ``[k, j, i] = (6, 32, 40)`` with non-identity spacing, origin and direction."""
+def makeObliqueVolumeNode(scene, name="oblique"):
+    """Add the oblique test volume (see ``obliqueVolumeNode``) to ``scene``."""
     return _makeVolumeNode(
         scene,
         _syntheticPhantom(),
         OBLIQUE_SPACING,
         OBLIQUE_ORIGIN_RAS,
         OBLIQUE_DIRECTION_RAS,
-        name="oblique",
+        name=name,
     )
+
+
+@pytest.fixture
+def obliqueVolumeNode(scene):
+    """A scalar volume ``[k, j, i] = (6, 32, 40)`` with non-identity spacing, origin and direction."""
+    return makeObliqueVolumeNode(scene)
 
 
 @pytest.fixture
@@ -163,3 +184,9 @@ def _sceneSnapshot(scene) -> list[tuple[str, str]]:
         (nodes.GetItemAsObject(i).GetID(), nodes.GetItemAsObject(i).GetClassName())
         for i in range(nodes.GetNumberOfItems())
     )
+
+
+@pytest.fixture(scope="session")
+def addObliqueVolume():
+    """``addObliqueVolume(scene, name="oblique")``: the oblique test volume in any scene."""
+    return makeObliqueVolumeNode

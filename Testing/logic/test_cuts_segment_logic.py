@@ -1,0 +1,239 @@
+"""CUTSSegmentLogic on a real MRML scene (slicer-core): geometry, levels, segments, exports, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer")
+vtk = pytest.importorskip("vtk")
+torch = pytest.importorskip("torch")
+pytest.importorskip("labelfree.cuts.volume")
+
+from CUTSSegmentLib import CUTSSegmentLogic  # noqa: E402 (conftest puts the module on sys.path)
+from CUTSSegmentLib.segments import segmentMask  # noqa: E402
+from LabelFreeMRML import arrayFromVolumeNode  # noqa: E402
+
+from labelfree.cuts.hint import binarise_by_point  # noqa: E402
+from labelfree.cuts.model import CutsModel, model_config, save_cuts_model  # noqa: E402
+from labelfree.errors import InputError, ModelFileError  # noqa: E402
+from labelfree.modelfile import ModelFile, save_model  # noqa: E402
+
+RUN = {"maxLevels": 6, "seed": 0, "device": "cpu", "poolSize": 2048}
+
+
+@pytest.fixture(scope="session")
+def tinyModels(tmp_path_factory):
+    """Randomly initialised CUTS models (real weights, real loading path), grey and RGB."""
+    folder = tmp_path_factory.mktemp("models")
+    paths = {}
+    for channels in (1, 3):
+        torch.manual_seed(channels)
+        model = CutsModel(channels, embed_dim=16)
+        paths[channels] = save_cuts_model(
+            folder / f"tiny_{channels}.pt", model, model_config(model), {"name": f"tiny{channels}"}
+        )
+    landmarks = save_model(folder / "landmarks.pt", ModelFile("landmarks", {}, {}, {}))
+    return {"grey": paths[1], "rgb": paths[3], "landmarks": landmarks}
+
+
+def _tag(segment, key):
+    value = vtk.reference("")
+    assert segment.GetTag(key, value), f"segment has no tag {key}"
+    return str(value)
+
+
+def _ijkOfVoxel(node, ijk):
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return list(matrix.MultiplyPoint([*ijk, 1.0])[:3])
+
+
+def test_segment_keeps_geometry_and_switches_levels(scene, obliqueVolumeNode, tinyModels, ijkToRas):
+    shNode = scene.GetSubjectHierarchyNode()
+    study = shNode.CreateFolderItem(shNode.GetSceneItemID(), "study")
+    shNode.CreateItem(study, obliqueVolumeNode)
+    logic = CUTSSegmentLogic(scene)
+    reports = []
+    result = logic.segment(obliqueVolumeNode, tinyModels["grey"], progress=reports.append, **RUN)
+
+    assert reports and reports[-1].fraction == pytest.approx(1.0)
+    fractions = [r.fraction for r in reports]
+    assert fractions == sorted(fractions)
+    labelmapNode = result.labelmapNode
+    assert labelmapNode.IsA("vtkMRMLLabelMapVolumeNode")
+    np.testing.assert_allclose(ijkToRas(labelmapNode), ijkToRas(obliqueVolumeNode), atol=1e-9)
+    assert arrayFromVolumeNode(labelmapNode).shape == (6, 32, 40)
+    assert labelmapNode.GetDisplayNode().GetColorNodeID() == result.colorNode.GetID()
+    assert shNode.GetItemParent(shNode.GetItemByDataNode(labelmapNode)) == study
+    assert result.modelCard.get("name") == "tiny1"
+
+    assert result.levelCount >= 2
+    assert result.clusterCounts == sorted(result.clusterCounts)
+    for level in (result.levelCount - 1, 0, 1):
+        clusters = logic.setLevel(level)
+        shown = arrayFromVolumeNode(labelmapNode)
+        np.testing.assert_array_equal(shown, result.maps[level])
+        assert len(np.unique(shown)) == clusters == result.clusterCounts[level]
+    # The input is untouched.
+    assert obliqueVolumeNode.GetImageData().GetScalarTypeAsString() == "float"
+
+
+@pytest.fixture(scope="module")
+def segmented(moduleScene, tinyModels, addObliqueVolume):
+    """One finished run shared by the tests below (they only add nodes, at level 2)."""
+    logic = CUTSSegmentLogic(moduleScene)
+    logic.segment(addObliqueVolume(moduleScene), tinyModels["grey"], **RUN)
+    logic.setLevel(1)
+    return logic
+
+
+def test_same_seed_same_labels(scene, obliqueVolumeNode, tinyModels, segmented):
+    again = CUTSSegmentLogic(scene).segment(obliqueVolumeNode, tinyModels["grey"], **RUN)
+    assert len(again.maps) == len(segmented.result.maps)
+    for a, b in zip(again.maps, segmented.result.maps, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_create_segmentation_from_current_level(segmented):
+    result = segmented.result
+    obliqueVolumeNode = result.inputVolumeNode
+    segmentationNode = segmented.createSegmentation()
+    segmentation = segmentationNode.GetSegmentation()
+    assert segmentation.GetNumberOfSegments() == result.clusterCounts[1]
+    labels = result.currentLabels
+    for index in range(segmentation.GetNumberOfSegments()):
+        segmentId = segmentation.GetNthSegmentID(index)
+        segment = segmentation.GetSegment(segmentId)
+        value = int(segment.GetName().split()[-1])
+        assert segment.GetName() == f"cluster {value}"
+        assert _tag(segment, "LabelFree.Level") == "2"
+        assert _tag(segment, "LabelFree.Model") == "tiny1"
+        np.testing.assert_array_equal(
+            segmentMask(segmentationNode, segmentId, obliqueVolumeNode), labels == value
+        )
+
+
+def test_segment_from_one_point(segmented):
+    result = segmented.result
+    obliqueVolumeNode = result.inputVolumeNode
+    zyx = (3, 16, 20)
+    pointRas = _ijkOfVoxel(obliqueVolumeNode, zyx[::-1])
+    expected = binarise_by_point(result.currentLabels, zyx, connected=True)
+    segmentationNode, segmentId = segmented.segmentFromPoint(pointRas)
+    mask = segmentMask(segmentationNode, segmentId, obliqueVolumeNode)
+    np.testing.assert_array_equal(mask, expected)
+    assert mask[zyx]
+    label = int(result.currentLabels[zyx])
+    segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
+    assert _tag(segment, "LabelFree.Label") == str(label)
+
+    # A second pick goes into the same node; a label pick takes the whole cluster.
+    _, wholeId = segmented.segmentFromLabel(label, segmentationNode=segmentationNode)
+    assert segmentationNode.GetSegmentation().GetNumberOfSegments() == 2
+    whole = segmentMask(segmentationNode, wholeId, obliqueVolumeNode)
+    np.testing.assert_array_equal(whole, result.currentLabels == label)
+    assert whole.sum() >= mask.sum()
+
+    with pytest.raises(InputError, match="outside"):
+        segmented.segmentFromPoint([1e4, 1e4, 1e4])
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".nii.gz"])
+def test_labelmap_export_reads_back(segmented, tmp_path, suffix, ijkToRas, sceneSnapshot):
+    scene = segmented.scene
+    before = sceneSnapshot(scene)
+    path = segmented.exportLabelmap(tmp_path / f"labels{suffix}")
+    assert sceneSnapshot(scene) == before
+    readNode = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(path))
+    assert storage.ReadData(readNode)
+    np.testing.assert_array_equal(arrayFromVolumeNode(readNode), segmented.result.currentLabels)
+    np.testing.assert_allclose(
+        ijkToRas(readNode), ijkToRas(segmented.result.labelmapNode), atol=1e-4
+    )
+    assert not list(tmp_path.glob(".*tmp*")), "no temporary file left behind"
+
+
+def test_segmentation_export_reads_back(segmented, tmp_path, sceneSnapshot):
+    scene = segmented.scene
+    before = sceneSnapshot(scene)
+    path = segmented.exportSegmentation(tmp_path / "labels.seg.nrrd")
+    assert sceneSnapshot(scene) == before, "exporting must not leave nodes behind"
+    readNode = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    storage.SetFileName(str(path))
+    assert storage.ReadData(readNode)
+    segmentation = readNode.GetSegmentation()
+    assert segmentation.GetNumberOfSegments() == segmented.result.clusterCounts[1]
+    segment = segmentation.GetSegment(segmentation.GetNthSegmentID(0))
+    assert _tag(segment, "LabelFree.Level") == "2"
+    with pytest.raises(InputError, match=".seg.nrrd"):
+        segmented.exportSegmentation(tmp_path / "labels.png")
+
+
+def test_cancelled_run_leaves_scene_unchanged(scene, obliqueVolumeNode, tinyModels, sceneSnapshot):
+    before = sceneSnapshot(scene)
+    logic = CUTSSegmentLogic(scene)
+    steps = logic.segmentSteps(obliqueVolumeNode, tinyModels["grey"], **RUN)
+    next(steps)
+    next(steps)
+    steps.close()
+    assert sceneSnapshot(scene) == before
+    assert logic.result is None
+    with pytest.raises(InputError, match="Apply"):
+        logic.setLevel(0)
+
+
+def test_bad_inputs_fail_clearly_and_leave_scene_unchanged(
+    scene, obliqueVolumeNode, makeVolumeNode, tinyModels, sceneSnapshot, tmp_path
+):
+    logic = CUTSSegmentLogic(scene)
+    frames = np.random.default_rng(0).random((4, 24, 24, 5)).astype(np.float32)
+    fourD = makeVolumeNode(frames, vector=True, name="fourD")
+    before = sceneSnapshot(scene)
+    with pytest.raises(InputError, match="No input volume"):
+        logic.segmentSteps(None, tinyModels["grey"])
+    with pytest.raises(InputError, match="4-D"):
+        logic.segmentSteps(fourD, tinyModels["grey"])
+    with pytest.raises(ModelFileError, match="'landmarks' model"):
+        logic.segmentSteps(obliqueVolumeNode, tinyModels["landmarks"])
+    with pytest.raises(InputError, match="RGB"):
+        logic.segmentSteps(obliqueVolumeNode, tinyModels["rgb"])
+    with pytest.raises(ModelFileError, match="not found"):
+        logic.segmentSteps(obliqueVolumeNode, tmp_path / "missing.pt")
+    with pytest.raises(InputError, match="method"):
+        logic.segmentSteps(obliqueVolumeNode, tinyModels["grey"], method="watershed")
+    assert sceneSnapshot(scene) == before
+    assert logic.result is None
+
+
+def test_rgb_image_and_single_maps(scene, makeVolumeNode, tinyModels, ijkToRas):
+    rng = np.random.default_rng(1)
+    photo = np.zeros((1, 32, 40, 3), dtype=np.uint8)
+    photo[0, :, :20] = (200, 40, 40)
+    photo[0, :, 20:] = (30, 60, 220)
+    photo = np.clip(photo + rng.integers(0, 20, photo.shape), 0, 255).astype(np.uint8)
+    node = makeVolumeNode(photo, spacing=(0.1, 0.1, 1.0), vector=True, name="photo")
+    logic = CUTSSegmentLogic(scene)
+    result = logic.segment(node, tinyModels["rgb"], method="kmeans", k=3, **RUN)
+    assert result.levelCount == 1
+    labels = arrayFromVolumeNode(result.labelmapNode)
+    assert labels.shape == (1, 32, 40)
+    assert 1 <= result.clusterCounts[0] <= 3
+    np.testing.assert_allclose(ijkToRas(result.labelmapNode), ijkToRas(node), atol=1e-9)
+
+    rgbVolume = makeVolumeNode(np.repeat(photo, 3, axis=0), vector=True, name="rgbVolume")
+    with pytest.raises(InputError, match="RGB volume"):
+        logic.segmentSteps(rgbVolume, tinyModels["rgb"])
+
+
+def test_persistent_method(scene, obliqueVolumeNode, tinyModels):
+    result = CUTSSegmentLogic(scene).segment(
+        obliqueVolumeNode, tinyModels["grey"], method="persistent", **RUN
+    )
+    assert result.levelCount == 1
+    shown = arrayFromVolumeNode(result.labelmapNode)
+    assert shown.min() >= 0
+    assert result.clusterCounts[0] == len(np.unique(shown[shown > 0]))
