@@ -109,6 +109,11 @@ class LandmarkDiscoveryLogic:
         self._checkVolumeNode(volumeNode)
         image = volumeNodeToImage(volumeNode)
         engineImage = _asEngineImage(image)
+        if engineImage.ndim == 3 and engineImage.channels > 1:
+            raise InputError(
+                f"'{volumeNode.GetName()}' is a colour (RGB) volume; landmark models read scalar "
+                "volumes. Convert it first (Vector to Scalar Volume module)."
+            )
         model = None if modelPath in (None, "") else Path(modelPath)
         loaded = load_landmark_model(model, ndim=engineImage.ndim)
         landmarks = detect_landmarks(

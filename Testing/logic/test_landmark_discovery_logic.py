@@ -299,10 +299,31 @@ def test_bad_inputs_give_clear_errors_and_leave_the_scene(
 ):
     logic = LandmarkDiscoveryLogic(scene)
     fourD = makeVolumeNode(np.stack([phantomArray()] * 5, axis=-1), name="fourD")
+    rgb = makeVolumeNode(np.stack([phantomArray()] * 3, axis=-1).astype(np.uint8), vector=True)
+    empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
+    warped = makeVolumeNode(phantomArray(), name="warped")
+    warp = scene.AddNewNodeByClass("vtkMRMLTransformNode", "warp")
+    spline = vtk.vtkThinPlateSplineTransform()
+    source, target = vtk.vtkPoints(), vtk.vtkPoints()
+    for point, shift in (
+        ((0, 0, 0), (0, 0, 0)),
+        ((10, 0, 0), (2, 1, 0)),
+        ((0, 10, 0), (0, 0, 0)),
+        ((0, 0, 10), (1, 0, 0)),
+    ):
+        source.InsertNextPoint(point)
+        target.InsertNextPoint(np.add(point, shift))
+    spline.SetSourceLandmarks(source)
+    spline.SetTargetLandmarks(target)
+    warp.SetAndObserveTransformToParent(spline)
+    warped.SetAndObserveTransformNodeID(warp.GetID())
     before = sceneSnapshot(scene)
     cases = [
         (dict(volumeNode=None, modelPath=models[3]), InputError, "select a volume"),
         (dict(volumeNode=fourD, modelPath=models[3]), InputError, "4-D"),
+        (dict(volumeNode=rgb, modelPath=models[3]), InputError, "colour"),
+        (dict(volumeNode=empty, modelPath=models[3]), InputError, "no voxels"),
+        (dict(volumeNode=warped, modelPath=models[3]), InputError, "non-linear"),
         (
             dict(volumeNode=obliqueVolumeNode, modelPath=models["cuts"]),
             ModelFileError,
