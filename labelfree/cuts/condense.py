@@ -32,7 +32,6 @@ from functools import cached_property
 
 import numpy as np
 from scipy import sparse
-from scipy.sparse.csgraph import connected_components
 
 from labelfree.cuts.precluster import Reduction, reduce_points
 from labelfree.errors import InputError
@@ -159,21 +158,6 @@ def _sq_dists(x: np.ndarray) -> np.ndarray:
     return d2
 
 
-def _initial_epsilon(x: np.ndarray, knn: int) -> float:
-    m = x.shape[0]
-    if m < 2:
-        return 1.0
-    d2 = _sq_dists(x)
-    np.fill_diagonal(d2, np.inf)
-    k = min(knn, m - 1)
-    kth = np.partition(d2, k - 1, axis=1)[:, k - 1]
-    eps = float(np.median(kth))
-    if eps <= 0.0:
-        positive = kth[kth > 0]
-        eps = float(positive.min()) if positive.size else 1.0
-    return eps
-
-
 def _diffusion_step(x: np.ndarray, d2: np.ndarray, mass: np.ndarray, eps: float) -> np.ndarray:
     # Subtracting each row's minimum keeps exp() from underflowing to an all-zero row;
     # float32 halves the cost of exp() and the kernel is normalised per row anyway.
@@ -182,25 +166,36 @@ def _diffusion_step(x: np.ndarray, d2: np.ndarray, mass: np.ndarray, eps: float)
     kernel = np.exp(arg, out=arg)
     kernel *= mass.astype(np.float32)[None, :]
     kernel /= kernel.sum(axis=1, keepdims=True)
-    return kernel.astype(np.float64) @ x
+    return (kernel @ x.astype(np.float32)).astype(np.float64)
 
 
 def _components(d2: np.ndarray, radius: float) -> tuple[int, np.ndarray] | None:
     """Groups of points closer than ``radius``; ``None`` when no two points are."""
     close = d2 <= radius * radius
-    if np.count_nonzero(close) <= d2.shape[0]:  # only the diagonal
+    np.fill_diagonal(close, False)
+    i, j = np.nonzero(close)
+    if i.size == 0:
         return None
-    rows, cols = np.nonzero(np.triu(close, 1))
-    graph = sparse.coo_matrix((np.ones(rows.size), (rows, cols)), shape=d2.shape)
-    return connected_components(graph, directed=False)
+    # Min-label propagation with pointer jumping: few pairs, few rounds, no sparse matrix.
+    label = np.arange(d2.shape[0])
+    while True:
+        low = label.copy()
+        np.minimum.at(low, i, label[j])
+        low = low[low]
+        if np.array_equal(low, label):
+            break
+        label = low
+    _, comp = np.unique(label, return_inverse=True)
+    comp = comp.ravel()
+    return int(comp.max()) + 1, comp
 
 
 def _condense_nodes(
     x: np.ndarray,
     mass: np.ndarray,
     *,
+    eps: float,
     growth: float,
-    knn: int,
     merge_tol: float,
     max_steps: int,
 ) -> tuple[list[np.ndarray], list[int], list[float]]:
@@ -213,7 +208,6 @@ def _condense_nodes(
     centre = (mass @ x) / mass.sum()
     spread = float(np.sqrt((mass @ ((x - centre) ** 2).sum(axis=1)) / mass.sum()))
     radius = merge_tol * spread
-    eps = _initial_epsilon(x, knn)
     cluster_of = np.arange(x.shape[0])  # current cluster of each original node
     partitions, born, eps_at = [cluster_of.copy()], [0], [eps]
     step = 0
@@ -228,7 +222,10 @@ def _condense_nodes(
             partitions.append(cluster_of.copy())
             born.append(step)
             eps_at.append(eps)
-            d2 = _sq_dists(x)
+            # Merged points were within `radius` of each other, so any member's distances
+            # stand for the group's to within `radius`: enough for the next kernel.
+            rep = np.unique(comp, return_index=True)[1]
+            d2 = d2[np.ix_(rep, rep)]
         if x.shape[0] == 1 or step >= max_steps:
             break
         step += 1
@@ -282,7 +279,8 @@ def condense(
     growth : float
         Factor widening the kernel bandwidth epsilon after every step (reference: 1.025).
     knn : int
-        The initial epsilon is the median squared distance of a node to its knn-th neighbour.
+        The initial epsilon is the median squared distance of a point to its knn-th
+        nearest other point (estimated on a sample), as if diffusing the points themselves.
     merge_tol : float
         Points closer than ``merge_tol`` times the RMS spread of the data are merged.
     min_persistence : int
@@ -307,10 +305,20 @@ def condense(
             "Need growth > 1, knn >= 1, merge_tol > 0, min_persistence >= 1, max_steps >= 1."
         )
     red = reduce_points(
-        points, n_components=n_components, n_nodes=n_nodes, normalize=normalize, seed=seed
+        points,
+        n_components=n_components,
+        n_nodes=n_nodes,
+        normalize=normalize,
+        knn=knn,
+        seed=seed,
     )
     partitions, lives, eps_at = _condense_nodes(
-        red.nodes, red.mass, growth=growth, knn=knn, merge_tol=merge_tol, max_steps=max_steps
+        red.nodes,
+        red.mass,
+        eps=red.neighbour_d2,
+        growth=growth,
+        merge_tol=merge_tol,
+        max_steps=max_steps,
     )
     n_points = red.node_of.size
     keep = _stable(partitions, lives, n_points, min_persistence)

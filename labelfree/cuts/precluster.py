@@ -42,6 +42,10 @@ class Reduction:
         Micro-cluster centres in the projected space.
     mass : (M,) float64
         Number of points in each micro-cluster.
+    neighbour_d2 : float
+        Median squared distance (projected space) from a point to its ``knn``-th nearest
+        other point, estimated on a sample of points: the scale at which diffusion
+        between the points themselves would start.
     """
 
     mean: np.ndarray
@@ -50,6 +54,7 @@ class Reduction:
     node_of: np.ndarray
     nodes: np.ndarray
     mass: np.ndarray
+    neighbour_d2: float = 1.0
 
     def project(self, points: np.ndarray) -> np.ndarray:
         """Map (N', D) points into the projected (N', d) float32 space."""
@@ -177,6 +182,7 @@ def reduce_points(
     n_nodes: int = 1024,
     n_iter: int = 4,
     normalize: bool = False,
+    knn: int = 5,
     seed: int = 0,
 ) -> Reduction:
     """Project points with PCA and group them into weighted micro-clusters.
@@ -195,6 +201,8 @@ def reduce_points(
     normalize : bool
         Scale every point to unit L2 norm first (as the CUTS reference does with latents
         trained by a cosine-similarity contrastive loss).
+    knn : int
+        Neighbour rank of :attr:`Reduction.neighbour_d2`.
     seed : int
         Seed of the centre sampling; the result is deterministic for a seed.
 
@@ -203,11 +211,43 @@ def reduce_points(
     Reduction
     """
     x = _check_points(points)
-    if n_components < 1 or n_nodes < 1:
-        raise InputError("n_components and n_nodes must be positive integers.")
+    if n_components < 1 or n_nodes < 1 or knn < 1:
+        raise InputError("n_components, n_nodes and knn must be positive integers.")
     if normalize:
         x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.finfo(np.float32).tiny)
     mean, comps = _pca(x, n_components)
     y = _project(x, mean, comps, normalize=False)
-    node_of, nodes, mass = _micro_clusters(y, n_nodes, n_iter, np.random.default_rng(seed))
-    return Reduction(mean, comps, normalize, node_of, nodes, mass)
+    rng = np.random.default_rng(seed)
+    node_of, nodes, mass = _micro_clusters(y, n_nodes, n_iter, rng)
+    scale = neighbour_scale(y, knn=knn, n_queries=256, rng=rng)
+    return Reduction(mean, comps, normalize, node_of, nodes, mass, scale)
+
+
+def neighbour_scale(y: np.ndarray, *, knn: int, n_queries: int, rng: np.random.Generator) -> float:
+    """Median squared distance from a point to its ``knn``-th nearest other point.
+
+    Estimated from up to ``n_queries`` sampled points against all points, in blocks, so
+    it costs O(n_queries * N * d) time and O(_BLOCK * n_queries) memory. Exact duplicates
+    (e.g. a constant background) are ignored, so the scale is that of distinct points.
+    """
+    n = y.shape[0]
+    if n < 2:
+        return 1.0
+    pick = np.arange(n) if n <= n_queries else np.sort(rng.choice(n, n_queries, replace=False))
+    queries = y[pick]
+    q2 = np.einsum("ij,ij->i", queries, queries)
+    k = min(knn, n - 1)
+    best = np.full((pick.size, k), np.inf, dtype=np.float32)
+    for start in range(0, n, _BLOCK):
+        block = y[start : start + _BLOCK]
+        d2 = queries @ (-2.0 * block.T)
+        d2 += q2[:, None]
+        d2 += np.einsum("ij,ij->i", block, block)[None, :]
+        # Distances of ~0 are the query itself or its exact duplicates.
+        d2[d2 <= 1e-6 * (q2[:, None] + 1e-12)] = np.inf
+        if d2.shape[1] > k:
+            d2 = np.partition(d2, k - 1, axis=1)[:, :k]
+        best = np.partition(np.concatenate([best, d2], axis=1), k - 1, axis=1)[:, :k]
+    kth = best.max(axis=1)
+    kth = kth[np.isfinite(kth)]
+    return float(np.median(kth)) if kth.size else 1.0
