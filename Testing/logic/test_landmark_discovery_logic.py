@@ -116,6 +116,13 @@ def test_landmarks_land_in_the_volume_geometry(scene, obliqueVolumeNode, models,
     assert all(markups.GetNthControlPointLocked(i) for i in range(5))
     assert markups.GetAttribute("LabelFree.model") == str(models[3])
     assert markups.GetTransformNodeID() is None
+    assert markups.GetDisplayNode() is not None
+    # The point list goes beside the volume in the subject hierarchy (here: a subject folder).
+    shNode = scene.GetSubjectHierarchyNode()
+    subject = shNode.CreateFolderItem(shNode.GetSceneItemID(), "subject")
+    shNode.CreateItem(subject, obliqueVolumeNode)
+    again = logic.detect(obliqueVolumeNode, modelPath=models[3], keep=2)
+    assert shNode.GetItemParent(shNode.GetItemByDataNode(again)) == subject
     # Fixed in number: adding a point is refused.
     markups.AddControlPoint(vtk.vtkVector3d(0, 0, 0))
     assert markups.GetNumberOfControlPoints() == 5
