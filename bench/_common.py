@@ -39,7 +39,14 @@ def machine() -> str:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, MiB (Linux ru_maxrss is KiB)."""
+    """Peak resident memory of this process image so far, MiB.
+
+    VmHWM, not ru_maxrss: on Linux ru_maxrss survives fork + exec, so a worker started from
+    a big parent would report the parent's size.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -128,3 +135,64 @@ def fmt_table(rows: list[list[object]], header: list[str]) -> str:
     ]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
+
+
+def cuts_model(channels: int, path: str | None = None, epochs: int = 4):
+    """A CUTS model for ``channels``-channel images and a line saying where it came from.
+
+    Order: the file given; else the bundled default; else a model trained quickly by
+    ``labelfree.cuts.train`` (``epochs`` epochs, seed 0) on the MNI152 T1 (grayscale) or
+    skimage's retina (RGB), cached in bench/out/ so later benchmarks reuse it.
+    """
+    from labelfree.cuts.model import load_cuts_model, save_cuts_model
+    from labelfree.errors import ModelFileError
+
+    try:
+        model, config, card = load_cuts_model(path, channels)
+        where = path or "bundled default"
+        return model, config, f"CUTS model: {where} ({card.get('trained_on', 'see its card')})"
+    except ModelFileError as error:
+        if path is not None:
+            raise
+        reason = str(error)
+    cache = OUT / f"cuts_quick_{channels}ch_{epochs}ep.pt"
+    if not cache.exists():
+        import time
+
+        from labelfree.cuts.train import train_cuts
+
+        if channels == 1:
+            data, what = [np.asarray(load_mni()[0].array)], "MNI152 T1 1 mm, axial slices"
+        else:
+            from skimage import data as skdata
+            from skimage.transform import resize
+
+            retina = resize(skdata.retina(), (512, 512, 3), preserve_range=True)
+            data, what = [retina.astype(np.float32)], "skimage retina, 512 x 512"
+        start = time.perf_counter()
+        result = train_cuts(data, in_channels=channels, epochs=epochs, seed=0)
+        OUT.mkdir(exist_ok=True)
+        card = {
+            "trained_on": f"{what}; {epochs} epochs, seed 0, by bench/ "
+            f"({time.perf_counter() - start:.0f} s)"
+        }
+        save_cuts_model(cache, result.model, result.config, card)
+    model, config, card = load_cuts_model(cache, channels)
+    return (
+        model,
+        config,
+        (
+            f"CUTS model: QUICK-TRAINED by the benchmark, {cache.name} ({card['trained_on']}); "
+            f"no bundled model: {reason}"
+        ),
+    )
+
+
+def embed_image(model, config, image: np.ndarray) -> np.ndarray:
+    """(H, W, D) float32 embedding of one 2-D image, (H, W) scalar or (H, W, 3) RGB."""
+    from labelfree.cuts.embed import embed_slices
+    from labelfree.cuts.normalise import normalise
+
+    values = normalise(image, config["normalisation"])
+    slices = values.transpose(2, 0, 1)[None] if values.ndim == 3 else values[None, None]
+    return next(embed_slices(model, np.ascontiguousarray(slices, dtype=np.float32)))

@@ -23,7 +23,11 @@ import numpy as np
 
 
 def _rss_mb() -> float:
-    # ru_maxrss is in KiB on Linux.
+    # VmHWM, not ru_maxrss: ru_maxrss survives fork + exec and would report the parent's size.
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

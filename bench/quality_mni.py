@@ -32,7 +32,7 @@ import time
 import warnings
 
 import numpy as np
-from _common import OUT, fmt_table, hint_mask, load_mni, machine
+from _common import OUT, cuts_model, fmt_table, hint_mask, load_mni, machine
 from scipy.cluster.vq import kmeans2
 from skimage.filters import sobel
 from skimage.segmentation import felzenszwalb, slic, watershed
@@ -139,11 +139,13 @@ def tune_baseline(fn, grid, volume, tune, truths):
     return best
 
 
-def cuts_label_volumes(t1, seed: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """CUTS on the whole volume: every level, persistent structures, k-means."""
+def cuts_label_volumes(t1, seed: int, model_path: str | None):
+    """CUTS on the whole volume: every level, persistent structures, spectral k-means."""
     from labelfree.cuts.volume import segment_volume
 
-    result = segment_volume(t1, model=None, axis=0, device="cpu", seed=seed)
+    model, _, where = cuts_model(1, model_path)
+    print(where)
+    result = segment_volume(t1, model=model, axis=0, method="kmeans", device="cpu", seed=seed)
     maps = {}
     for i, (level, n) in enumerate(zip(result.levels, result.n_clusters, strict=True)):
         maps[f"CUTS level {i} ({n} clusters)"] = np.asarray(level)
@@ -159,6 +161,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small grids (a smoke run)")
     parser.add_argument("--no-cuts", action="store_true", help="baselines only")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", help="CUTS model file (default: bundled)")
     args = parser.parse_args()
 
     print("machine:", machine())
@@ -217,7 +220,7 @@ def main() -> int:
     if not args.no_cuts:
         try:
             start = time.perf_counter()
-            maps, seconds = cuts_label_volumes(t1, args.seed)
+            maps, seconds = cuts_label_volumes(t1, args.seed, args.model)
             cuts_total = time.perf_counter() - start
             per_slice = cuts_total / volume.shape[0]
             level_names = [m for m in maps if m.startswith("CUTS level")]
