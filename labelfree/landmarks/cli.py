@@ -196,7 +196,8 @@ def _detect(args: argparse.Namespace) -> int:
     paths = expand_inputs(args.inputs)
     if not paths:
         raise InputError("No input images given.")
-    single = len(paths) == 1 and not Path(args.inputs[0]).is_dir() and args.out.suffix != ""
+    # One input (a file, a DICOM folder, or a folder holding one image) and a file name: one file.
+    single = len(paths) == 1 and args.out.suffix != "" and not args.out.is_dir()
     if single:
         markups_format(args.out)  # refuse an unknown suffix before any work
         landmarks = detect_landmarks(
