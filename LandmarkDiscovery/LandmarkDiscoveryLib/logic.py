@@ -60,6 +60,7 @@ class LandmarkDiscoveryLogic:
                 "No MRML scene: pass one, e.g. LandmarkDiscoveryLogic(slicer.vtkMRMLScene())."
             )
         self.scene = scene
+        self._modelCache = None
 
     def getParameterNode(self):
         """The module's singleton ``vtkMRMLScriptedModuleNode`` (created on first use)."""
@@ -104,7 +105,6 @@ class LandmarkDiscoveryLogic:
             How many landmarks the model predicts before ``keep``/``minImportance``.
         """
         from labelfree.landmarks.detect import detect_landmarks
-        from labelfree.landmarks.model import load_landmark_model
 
         self._checkVolumeNode(volumeNode)
         image = volumeNodeToImage(volumeNode)
@@ -115,7 +115,7 @@ class LandmarkDiscoveryLogic:
                 "volumes. Convert it first (Vector to Scalar Volume module)."
             )
         model = None if modelPath in (None, "") else Path(modelPath)
-        loaded = load_landmark_model(model, ndim=engineImage.ndim)
+        loaded = self._loadModel(model, engineImage.ndim)
         landmarks = detect_landmarks(
             engineImage, loaded, keep=keep, min_importance=minImportance, device=device
         )
@@ -284,6 +284,17 @@ class LandmarkDiscoveryLogic:
         return [v for v in volumes if not v.IsA("vtkMRMLLabelMapVolumeNode") and v.GetImageData()]
 
     # ------------------------------------------------------------------ helpers
+
+    def _loadModel(self, model, ndim):
+        """The loaded model, kept while its file is unchanged (repeated Apply skips the load)."""
+        from labelfree.landmarks.model import load_landmark_model
+
+        stat = model.stat() if model is not None and model.is_file() else None
+        key = (str(model), ndim, stat and (stat.st_mtime_ns, stat.st_size))
+        if self._modelCache is None or self._modelCache[0] != key:
+            self._modelCache = None  # a failed load must not leave an older model behind
+            self._modelCache = (key, load_landmark_model(model, ndim=ndim))
+        return self._modelCache[1]
 
     def _checkVolumeNode(self, volumeNode):
         if volumeNode is None:

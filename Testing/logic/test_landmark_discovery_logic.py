@@ -473,3 +473,12 @@ def test_logic_imports_without_torch_scipy_or_skimage():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_retrained_model_file_is_reloaded(scene, obliqueVolumeNode, tmp_path):
+    """The logic keeps the loaded model between runs, but not once the file changed."""
+    path = makeTinyLandmarkModel(tmp_path / "model.pt", ndim=3, nLandmarks=6)
+    logic = LandmarkDiscoveryLogic(scene)
+    assert logic.detect(obliqueVolumeNode, modelPath=path).GetNumberOfControlPoints() == 6
+    makeTinyLandmarkModel(tmp_path / "model.pt", ndim=3, nLandmarks=5, seed=1)
+    assert logic.detect(obliqueVolumeNode, modelPath=path).GetNumberOfControlPoints() == 5
