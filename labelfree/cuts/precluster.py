@@ -17,9 +17,11 @@ import numpy as np
 
 from labelfree.errors import InputError
 
-# Rows per block when comparing points with node centres: bounds the temporary
-# (block x n_nodes) distance matrix to a few tens of MB.
-_BLOCK = 4096
+# Rows per block when comparing points with node centres: a (512 x 1024) float32 block
+# of scores stays in cache between the product, the addition and the argmin.
+_BLOCK = 512
+# Points per block when searching neighbours of a few query points.
+_NEIGHBOUR_BLOCK = 4096
 # Points per node in the subsample that k-means refines its centres on.
 _SAMPLE_PER_NODE = 4
 
@@ -238,8 +240,8 @@ def neighbour_scale(y: np.ndarray, *, knn: int, n_queries: int, rng: np.random.G
     q2 = np.einsum("ij,ij->i", queries, queries)
     k = min(knn, n - 1)
     best = np.full((pick.size, k), np.inf, dtype=np.float32)
-    for start in range(0, n, _BLOCK):
-        block = y[start : start + _BLOCK]
+    for start in range(0, n, _NEIGHBOUR_BLOCK):
+        block = y[start : start + _NEIGHBOUR_BLOCK]
         d2 = queries @ (-2.0 * block.T)
         d2 += q2[:, None]
         d2 += np.einsum("ij,ij->i", block, block)[None, :]
