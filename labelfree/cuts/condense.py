@@ -33,7 +33,7 @@ from functools import cached_property
 import numpy as np
 from scipy import sparse
 
-from labelfree.cuts.precluster import Reduction, reduce_points
+from labelfree.cuts.precluster import Reduction, reduce_points, single_blas_thread
 from labelfree.errors import InputError
 
 
@@ -304,22 +304,23 @@ def condense(
         raise InputError(
             "Need growth > 1, knn >= 1, merge_tol > 0, min_persistence >= 1, max_steps >= 1."
         )
-    red = reduce_points(
-        points,
-        n_components=n_components,
-        n_nodes=n_nodes,
-        normalize=normalize,
-        knn=knn,
-        seed=seed,
-    )
-    partitions, lives, eps_at = _condense_nodes(
-        red.nodes,
-        red.mass,
-        eps=red.neighbour_d2,
-        growth=growth,
-        merge_tol=merge_tol,
-        max_steps=max_steps,
-    )
+    with single_blas_thread():
+        red = reduce_points(
+            points,
+            n_components=n_components,
+            n_nodes=n_nodes,
+            normalize=normalize,
+            knn=knn,
+            seed=seed,
+        )
+        partitions, lives, eps_at = _condense_nodes(
+            red.nodes,
+            red.mass,
+            eps=red.neighbour_d2,
+            growth=growth,
+            merge_tol=merge_tol,
+            max_steps=max_steps,
+        )
     n_points = red.node_of.size
     keep = _stable(partitions, lives, n_points, min_persistence)
     keep.sort(key=lambda i: -i)  # later partitions are coarser

@@ -15,7 +15,7 @@ import numpy as np
 from scipy import linalg
 from scipy.sparse.linalg import eigsh
 
-from labelfree.cuts.precluster import Reduction, reduce_points
+from labelfree.cuts.precluster import Reduction, reduce_points, single_blas_thread
 from labelfree.errors import InputError
 
 
@@ -161,9 +161,10 @@ def spectral_kmeans(
     """
     if k < 1 or n_init < 1 or knn < 1 or t < 0:
         raise InputError("Need k >= 1, n_init >= 1, knn >= 1 and t >= 0.")
-    red = reduce_points(
-        points, n_components=n_components, n_nodes=n_nodes, normalize=normalize, seed=seed
-    )
+    with single_blas_thread():
+        red = reduce_points(
+            points, n_components=n_components, n_nodes=n_nodes, normalize=normalize, seed=seed
+        )
     node_labels = spectral_node_labels(red, k=k, seed=seed, knn=knn, t=t, n_init=n_init)
     labels = node_labels[red.node_of]
     # Number clusters by size (largest first; ties by first occurrence) for stable colours.
@@ -199,7 +200,8 @@ def spectral_node_labels(
     m = reduction.nodes.shape[0]
     if m <= k:
         return np.arange(m, dtype=np.int32)
-    coords = diffusion_map(reduction.nodes, reduction.mass, n_eigen=k, knn=knn, t=t)
-    rng = np.random.default_rng(seed)
-    labels = weighted_kmeans(coords, reduction.mass, k, rng, n_init=n_init)
+    with single_blas_thread():
+        coords = diffusion_map(reduction.nodes, reduction.mass, n_eigen=k, knn=knn, t=t)
+        rng = np.random.default_rng(seed)
+        labels = weighted_kmeans(coords, reduction.mass, k, rng, n_init=n_init)
     return np.unique(labels, return_inverse=True)[1].ravel().astype(np.int32)
