@@ -1,0 +1,733 @@
+"""CUTS on a whole volume (or a 2-D image): label maps at several granularities.
+
+Pipeline
+--------
+1. Normalise the whole volume with the model's normalisation and cut it into
+   slices along one axis (default: the axial one, read from the direction
+   matrix). A 2-D image, grey or RGB, is the one-slice case.
+2. **Pool pass.** Embed up to ``pool_slices`` slices spread evenly over the
+   volume and draw a seeded sample of ``pool_size`` pixel embeddings from them.
+3. Run diffusion condensation (:func:`labelfree.cuts.condense`) once on that
+   pool, keep the ``max_levels`` most persistent levels
+   (:func:`labelfree.cuts.select_levels`), and optionally spectral k-means.
+4. **Label pass.** Embed every slice and give each pixel its nearest
+   micro-cluster ("node") of the pooled hierarchy. Every level, the persistent
+   structures and the k-means map are then look-up tables over nodes, applied
+   to one node-id volume.
+
+Why one pooled condensation instead of harmonising per-slice hierarchies
+----------------------------------------------------------------------
+Labels must mean the same tissue on every slice, levels must nest, and a
+granularity slider needs the *same* levels for the whole volume. Condensing
+each slice separately gives every slice its own number of levels and
+clusters; harmonising them afterwards needs cluster matching between slices
+(which drifts along the volume and breaks nesting) and costs one condensation
+per slice. Condensing a pool drawn from the whole volume gives one hierarchy
+whose labels are consistent across slices, and nested across levels, *by
+construction*: every pixel inherits all its labels from one node. It also
+costs one condensation instead of ~190. The price is that a structure too
+small to be represented among the pooled pixels (below about
+``1 / pool_size`` of the sampled volume) cannot get a cluster of its own.
+
+Speed
+-----
+The encoder is ~270k multiply-adds per pixel, so it dominates. Pixels whose
+whole 17 x 17 receptive field is background of one constant value (the zero
+background of skull-stripped or masked volumes) all share one embedding, so
+each slice is embedded only inside the bounding box of its non-background
+content grown by 8 pixels; replicate padding at that box's edge then sees the
+same constant values the full image would, which makes this *exact*, not an
+approximation. The pool slices' embeddings are kept (within
+``cache_bytes``) and not recomputed in the label pass.
+
+Memory
+------
+Embeddings are never held for the whole volume (197 x 233 x 189 x 128
+float32 would be 4.4 GB): the label pass holds one batch of slices at a time.
+The result holds one int32 volume per level plus the persistent and k-means
+maps. :func:`estimate_memory` predicts the peak before anything large is
+allocated; a volume that cannot fit raises :class:`~labelfree.errors.InputError`.
+
+Labels
+------
+Every map holds int32 labels ``1..n`` numbered by decreasing voxel count (1 =
+largest cluster); 0 is unused in levels and k-means (every voxel is labelled)
+and means "no persistent structure" in the persistent map.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from labelfree.cuts.condense import Hierarchy, condense, select_levels
+from labelfree.cuts.embed import embed_slices, prepare_slices
+from labelfree.cuts.encoder import RECEPTIVE_FIELD
+from labelfree.cuts.model import CutsModel, load_cuts_model
+from labelfree.cuts.persistent import segment_persistence
+from labelfree.cuts.spectral import spectral_kmeans
+from labelfree.devices import resolve_device
+from labelfree.errors import InputError
+from labelfree.io import Image
+from labelfree.progress import Progress, run_steps
+
+__all__ = [
+    "METHODS",
+    "VolumeSegmentation",
+    "choose_axis",
+    "estimate_memory",
+    "segment_volume",
+    "segment_volume_steps",
+]
+
+METHODS = ("levels", "persistent", "kmeans")
+AXIS_NAMES = {"sagittal": 0, "coronal": 1, "axial": 2}  # LPS physical axis: x=L, y=P, z=S
+HALO = RECEPTIVE_FIELD // 2  # 8 pixels: how far an embedding sees
+_GiB = 1024**3
+
+
+@dataclass
+class VolumeSegmentation:
+    """CUTS label maps of one image or volume, all in its spatial shape.
+
+    Attributes
+    ----------
+    levels : list of ndarray of int32
+        One label map per granularity, coarsest (fewest clusters) first;
+        labels ``1..n`` by decreasing size, nested (each fine cluster lies in
+        one coarse cluster).
+    n_clusters : list of int
+        Number of clusters of each level.
+    persistent : ndarray of int32
+        Persistent structures (CUTS section 3.2.2); 0 where none.
+    kmeans : ndarray of int32 or None
+        Spectral k-means labels ``1..k'`` (only with ``method="kmeans"``).
+    axis : int
+        Numpy axis the volume was sliced along (0 for 2-D images: one slice).
+    seconds : dict of str to float
+        Wall time per stage: ``prepare``, ``embed``, ``condense``,
+        ``kmeans``, ``assign``, ``labels``, ``total``.
+    model_card : dict
+        The card of the model used.
+    method : str
+        The primary map the caller asked for: ``"levels"``, ``"persistent"``
+        or ``"kmeans"``.
+    persistence : list of int
+        Diffusion steps each level lasted (larger is more stable).
+    """
+
+    levels: list[np.ndarray]
+    n_clusters: list[int]
+    persistent: np.ndarray
+    kmeans: np.ndarray | None
+    axis: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    model_card: dict[str, Any] = field(default_factory=dict)
+    method: str = "levels"
+    persistence: list[int] = field(default_factory=list)
+
+    def primary(self) -> list[np.ndarray]:
+        """The maps of the chosen method: every level, or the single persistent/k-means map."""
+        if self.method == "persistent":
+            return [self.persistent]
+        if self.method == "kmeans" and self.kmeans is not None:
+            return [self.kmeans]
+        return list(self.levels)
+
+
+def choose_axis(image: Image, axis: int | str = "auto") -> int:
+    """The numpy axis of ``image.array`` to slice along.
+
+    Parameters
+    ----------
+    image : Image
+        A 2-D image or a 3-D volume.
+    axis : int or str
+        A numpy axis (0, 1, 2 for ``(z, y, x)``), or ``"auto"``/``"axial"``
+        (the index axis whose direction is closest to superior-inferior),
+        ``"coronal"`` (anterior-posterior) or ``"sagittal"`` (left-right).
+
+    Returns
+    -------
+    int
+        The numpy axis; 0 for 2-D images.
+    """
+    if image.ndim == 2:
+        return 0
+    if isinstance(axis, str):
+        name = "axial" if axis == "auto" else axis.lower()
+        if name not in AXIS_NAMES:
+            raise InputError(
+                f"Unknown slicing axis {axis!r}; use auto, axial, coronal, sagittal, 0, 1 or 2."
+            )
+        direction = np.asarray(image.direction, dtype=float)
+        itk_axis = int(np.argmax(np.abs(direction[AXIS_NAMES[name], :])))
+        return image.ndim - 1 - itk_axis
+    if isinstance(axis, (bool, np.bool_)) or int(axis) not in (0, 1, 2) or int(axis) != axis:
+        raise InputError(f"Slicing axis must be 0, 1 or 2 (numpy z, y, x), not {axis!r}.")
+    return int(axis)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to this process now (Linux, macOS), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def estimate_memory(
+    spatial_shape: Sequence[int],
+    channels: int = 1,
+    *,
+    axis: int = 0,
+    batch_size: int = 8,
+    max_levels: int = 12,
+    embed_dim: int = 128,
+    pool_slices: int = 16,
+    cache_bytes: int = 256 * 1024**2,
+) -> int:
+    """Predicted peak memory of :func:`segment_volume_steps`, in bytes.
+
+    Counts the normalised slices, the node-id volume, the result maps (one
+    int32 volume per level plus persistent and k-means), one batch of slice
+    embeddings with the encoder's intermediate activations, and the pool cache.
+
+    Parameters
+    ----------
+    spatial_shape : sequence of int
+        ``(z, y, x)`` or ``(y, x)``.
+    channels : int
+        1 or 3.
+    axis, batch_size, max_levels, embed_dim, pool_slices, cache_bytes
+        As for :func:`segment_volume_steps`.
+
+    Returns
+    -------
+    int
+        Bytes.
+    """
+    shape = tuple(int(s) for s in spatial_shape)
+    voxels = int(np.prod(shape, dtype=np.int64))
+    plane = voxels // shape[axis] if len(shape) == 3 else voxels
+    batch = min(int(batch_size), shape[axis] if len(shape) == 3 else 1)
+    # Encoder: output (embed_dim) plus padded intermediates (16 + 32 + 64) and the
+    # channels-last copy handed back: about 2.5 x the output, float32.
+    per_batch = int(2.5 * batch * plane * embed_dim * 4)
+    maps = voxels * 4 * (max_levels + 2)
+    inputs = voxels * channels * 4 * 2  # raw float32 copy and normalised slices
+    nodes = voxels * 2
+    cache = min(int(cache_bytes), int(pool_slices) * plane * embed_dim * 4)
+    return per_batch + maps + inputs + nodes + cache
+
+
+def _check_image(image: Image) -> None:
+    """Refuse what CUTS cannot segment before anything large is allocated."""
+    if image.ndim not in (2, 3):
+        raise InputError(f"Expected a 2-D image or a 3-D volume, got {image.ndim} dimensions.")
+    expected = image.ndim + (1 if image.channels > 1 else 0)
+    if image.array.ndim != expected:
+        raise InputError(
+            f"The image array has shape {image.array.shape} but its geometry is {image.ndim}-D "
+            f"with {image.channels} component(s); 4-D and multi-component volumes are not "
+            "supported: extract one scalar volume first (e.g. with Slicer's Sequences module)."
+        )
+    if image.channels > 1 and (image.ndim == 3 or image.channels != 3):
+        raise InputError(
+            f"CUTS segments scalar images and volumes, and RGB 2-D images; this one has "
+            f"{image.channels} components per {'voxel' if image.ndim == 3 else 'pixel'}. "
+            "Extract one scalar volume first."
+        )
+    if image.array.size == 0:
+        raise InputError(f"The image is empty (shape {image.array.shape}); load a non-empty image.")
+
+
+def _load_model(
+    model: CutsModel | str | os.PathLike | None, channels: int
+) -> tuple[CutsModel, dict[str, Any], dict[str, Any]]:
+    if isinstance(model, CutsModel):
+        from labelfree.cuts.normalise import default_normalisation
+
+        if model.in_channels != channels:
+            raise InputError(
+                f"The model takes {model.in_channels}-channel images but this image has "
+                f"{channels} channel(s); use a {'RGB' if channels == 3 else 'grayscale'} model."
+            )
+        config = {
+            "in_channels": model.in_channels,
+            "embed_dim": model.embed_dim,
+            "normalisation": dict(
+                getattr(model, "normalisation", None) or default_normalisation(channels)
+            ),
+        }
+        return model.eval(), config, dict(getattr(model, "card", {}) or {})
+    return load_cuts_model(None if model is None else Path(model), channels)
+
+
+def _content_box(content: np.ndarray, shape: tuple[int, int]) -> tuple[slice, slice] | None:
+    """The in-plane box of pixels that do not see only background, at least 17 px wide.
+
+    ``content`` is a ``(H, W)`` bool mask of non-background pixels (or a
+    union over slices). None when nothing differs from the background.
+    """
+    rows = np.flatnonzero(content.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(content.any(axis=0))
+    box = []
+    for lo, hi, size in ((rows[0], rows[-1] + 1, shape[0]), (cols[0], cols[-1] + 1, shape[1])):
+        lo, hi = max(int(lo) - HALO, 0), min(int(hi) + HALO, size)
+        short = RECEPTIVE_FIELD - (hi - lo)
+        if short > 0:  # the encoder needs 17 x 17; grow symmetrically inside the plane
+            lo = max(0, lo - (short + 1) // 2)
+            hi = min(size, lo + RECEPTIVE_FIELD)
+            lo = max(0, hi - RECEPTIVE_FIELD)
+        box.append(slice(lo, hi))
+    return box[0], box[1]
+
+
+def _background_value(slices: np.ndarray) -> np.ndarray:
+    """The most common value (per channel) on the outer faces of ``(S, C, H, W)`` slices, ``(C,)``.
+
+    Faces of the volume; for one slice (a 2-D image), its four edges.
+    """
+    channels = slices.shape[1]
+    edges = [slices[:, :, 0], slices[:, :, -1], slices[:, :, :, 0], slices[:, :, :, -1]]
+    parts = [e.transpose(1, 0, 2).reshape(channels, -1) for e in edges]  # (S, C, n) -> (C, S*n)
+    if slices.shape[0] > 1:
+        parts += [slices[0].reshape(channels, -1), slices[-1].reshape(channels, -1)]
+    border = np.concatenate(parts, axis=1).T
+    values, counts = np.unique(border, axis=0, return_counts=True)
+    return values[int(np.argmax(counts))].astype(np.float32)
+
+
+def _batches(boxes: list[tuple[slice, slice] | None], batch_size: int) -> list[list[int]]:
+    """Groups of consecutive content slices embedded together (in one union box)."""
+    groups, current = [], []
+    for index, box in enumerate(boxes):
+        if box is None:
+            continue
+        if current and (len(current) >= batch_size or index != current[-1] + 1):
+            groups.append(current)
+            current = []
+        current.append(index)
+    if current:
+        groups.append(current)
+    return groups
+
+
+def _union(boxes: list[tuple[slice, slice]]) -> tuple[slice, slice]:
+    return (
+        slice(min(b[0].start for b in boxes), max(b[0].stop for b in boxes)),
+        slice(min(b[1].start for b in boxes), max(b[1].stop for b in boxes)),
+    )
+
+
+def _pool_indices(boxes: list[tuple[slice, slice] | None], count: int) -> list[int]:
+    """Up to ``count`` content slices spread evenly over the volume."""
+    content = [i for i, box in enumerate(boxes) if box is not None]
+    if len(content) <= count:
+        return content
+    picks = np.linspace(0, len(content) - 1, count)
+    return sorted({content[int(round(p))] for p in picks})
+
+
+def _size_order_lut(node_labels: np.ndarray, node_voxels: np.ndarray) -> tuple[np.ndarray, int]:
+    """Node -> label ``1..n`` numbered by decreasing voxel count (ties: smaller old id)."""
+    n = int(node_labels.max()) + 1
+    size = np.bincount(node_labels, weights=node_voxels, minlength=n)
+    present = np.flatnonzero(size > 0)
+    order = present[np.lexsort((present, -size[present]))]
+    new = np.zeros(n, dtype=np.int32)
+    new[order] = np.arange(1, order.size + 1, dtype=np.int32)
+    return new[node_labels], int(order.size)
+
+
+def _persistent_lut(
+    node_levels: list[np.ndarray],
+    node_voxels: np.ndarray,
+    min_area_fraction: float = 0.01,
+    min_levels: int = 2,
+) -> np.ndarray:
+    """Persistent structures over nodes: node -> label (0 = none).
+
+    The rule of :func:`labelfree.cuts.persistent_structures` (segments seen in
+    ``min_levels`` consecutive levels, covering ``min_area_fraction`` of the
+    voxels, painted largest first so smaller ones overwrite), evaluated on the
+    nodes with their voxel counts as areas, so that it costs O(nodes) instead
+    of O(voxels) per level. Nodes without voxels are left out so that "the
+    same set of nodes" means "the same set of voxels".
+    """
+    used = node_voxels > 0
+    levels = [np.unique(lab[used], return_inverse=True)[1].ravel() for lab in node_levels]
+    runs = segment_persistence(levels)
+    weights = node_voxels[used]
+    total = float(weights.sum())
+    segments: dict[bytes, tuple[float, int, np.ndarray]] = {}
+    for level, run in zip(levels, runs, strict=True):
+        area = np.bincount(level, weights=weights)
+        for cluster in np.flatnonzero((area >= min_area_fraction * total) & (run >= min_levels)):
+            members = level == cluster
+            key = np.packbits(members).tobytes()
+            if key not in segments:
+                segments[key] = (float(area[cluster]), int(run[cluster]), members)
+    painted = np.zeros(levels[0].size, dtype=np.int32)
+    ordered = sorted(segments.values(), key=lambda seg: (-seg[0], seg[1]))
+    for value, (_, _, members) in enumerate(ordered, start=1):
+        painted[members] = value
+    # Renumber 1..K by decreasing visible area, closing gaps left by covered structures.
+    visible = np.bincount(painted, weights=weights, minlength=len(ordered) + 1)
+    visible[0] = 0
+    shown = np.flatnonzero(visible > 0)
+    order = shown[np.lexsort((shown, -visible[shown]))]
+    renumber = np.zeros(len(ordered) + 1, dtype=np.int32)
+    renumber[order] = np.arange(1, order.size + 1, dtype=np.int32)
+    out = np.zeros(node_voxels.size, dtype=np.int32)
+    out[used] = renumber[painted]
+    return out
+
+
+def segment_volume_steps(
+    image: Image,
+    model: CutsModel | str | os.PathLike | None = None,
+    *,
+    axis: int | str = "auto",
+    method: str = "levels",
+    k: int = 10,
+    device: str = "auto",
+    seed: int = 0,
+    bf16: bool = False,
+    batch_size: int = 8,
+    max_levels: int = 12,
+    pool_size: int = 32768,
+    pool_slices: int = 16,
+    cache_bytes: int = 256 * 1024**2,
+    max_memory: int | None = None,
+) -> Generator[Progress, None, VolumeSegmentation]:
+    """Segment an image or volume at several granularities, as steps.
+
+    A generator: it yields :class:`~labelfree.progress.Progress` and returns a
+    :class:`VolumeSegmentation`. Closing it cancels; nothing is written to disk.
+
+    Parameters
+    ----------
+    image : Image
+        A scalar volume ``(z, y, x)``, a scalar 2-D image ``(y, x)`` or an RGB
+        2-D image ``(y, x, 3)``, with its geometry.
+    model : CutsModel, path or None
+        A loaded model, a CUTS model file, or None for the bundled default for
+        the image's channel count.
+    axis : int or str
+        Slicing axis; see :func:`choose_axis`. Ignored for 2-D images.
+    method : {"levels", "persistent", "kmeans"}
+        The primary result. Levels and persistent structures are always
+        computed; spectral k-means only for ``"kmeans"``.
+    k : int
+        Clusters of spectral k-means.
+    device : {"auto", "cpu", "cuda"}
+        Where the encoder runs.
+    seed : int
+        Seeds the pool sampling, condensation and k-means; same seed, same labels.
+    bf16 : bool
+        bf16 autocast in the encoder (fast on GPUs, slow on most CPUs).
+    batch_size : int
+        Slices per encoder pass.
+    max_levels : int
+        Most granularity levels kept (the most persistent ones).
+    pool_size : int
+        Pixels pooled from the volume for condensation.
+    pool_slices : int
+        Slices the pool is drawn from, spread evenly over the volume.
+    cache_bytes : int
+        Memory for keeping the pool slices' embeddings between the passes.
+    max_memory : int, optional
+        Refuse inputs predicted to need more bytes than this (default: the
+        memory available now).
+
+    Raises
+    ------
+    InputError
+        Empty, constant, NaN/Inf, 4-D or multi-component input; RGB/grayscale
+        mismatch with the model; slices under 17 x 17; too large for memory.
+    ModelFileError
+        A missing, corrupted or foreign model file.
+    """
+    start = time.perf_counter()
+    seconds: dict[str, float] = {}
+    if method not in METHODS:
+        raise InputError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.")
+    if int(max_levels) < 1 or int(batch_size) < 1 or int(pool_size) < 2 or int(pool_slices) < 1:
+        raise InputError("max_levels, batch_size, pool_slices must be >= 1 and pool_size >= 2.")
+    if method == "kmeans" and int(k) < 2:
+        raise InputError("k-means needs k >= 2.")
+    _check_image(image)
+    axis_np = choose_axis(image, axis)
+    shape = image.spatial_shape
+    plane = tuple(s for i, s in enumerate(shape) if i != axis_np) if image.ndim == 3 else shape
+    if min(plane) < RECEPTIVE_FIELD:
+        raise InputError(
+            f"The slices are {plane[0]} x {plane[1]} pixels; CUTS needs at least "
+            f"{RECEPTIVE_FIELD} x {RECEPTIVE_FIELD} (its receptive field). Use a larger image"
+            + (" or slice along another axis." if image.ndim == 3 else ".")
+        )
+    batch_size = _fit_batch(
+        shape, image.channels, axis_np, batch_size, max_levels, pool_slices, cache_bytes, max_memory
+    )
+    yield Progress(0.0, "Loading the model")
+    net, config, card = _load_model(model, image.channels)
+    torch_device = resolve_device(device)
+    slices = prepare_slices(image, axis_np if image.ndim == 3 else None, config["normalisation"])
+    background = _background_value(slices)
+    content = np.any(slices != background[None, :, None, None], axis=1)  # (S, H, W)
+    boxes = [_content_box(c, c.shape) for c in content]
+    del content
+    background_embedding = _embed_constant(net, background, torch_device)
+    seconds["prepare"] = time.perf_counter() - start
+
+    # Pool pass.
+    rng = np.random.default_rng(seed)
+    pool_ids = _pool_indices(boxes, int(pool_slices))
+    box_pixels = np.array([_area(boxes[i]) for i in pool_ids], dtype=np.float64)
+    quota = _quotas(box_pixels, int(pool_size))
+    cache: dict[int, np.ndarray] = {}
+    cached = 0
+    pool_parts = []
+    t0 = time.perf_counter()
+    for done, index in enumerate(pool_ids):
+        rows, cols = boxes[index]
+        emb = next(
+            embed_slices(
+                net,
+                slices[index : index + 1, :, rows, cols],
+                device=torch_device,
+                batch_size=1,
+                bf16=bf16,
+            )
+        )
+        flat = emb.reshape(-1, emb.shape[-1])
+        take = rng.choice(flat.shape[0], size=min(quota[done], flat.shape[0]), replace=False)
+        pool_parts.append(flat[np.sort(take)])
+        if cached + emb.nbytes <= cache_bytes:
+            cache[index] = emb
+            cached += emb.nbytes
+        yield Progress(0.3 * (done + 1) / len(pool_ids), f"Embedding pool slice {done + 1}")
+    pool = np.concatenate(pool_parts)
+    del pool_parts
+    seconds["embed"] = time.perf_counter() - t0
+
+    yield Progress(0.3, f"Condensing {pool.shape[0]} pooled pixels")
+    t0 = time.perf_counter()
+    full = condense(pool, seed=seed, normalize=True)
+    hierarchy = select_levels(full, int(max_levels))
+    seconds["condense"] = time.perf_counter() - t0
+    kmeans_nodes = None
+    if method == "kmeans":
+        yield Progress(0.35, "Spectral k-means")
+        t0 = time.perf_counter()
+        kmeans_nodes = _kmeans_per_node(pool, hierarchy, int(k), seed)
+        seconds["kmeans"] = time.perf_counter() - t0
+    del pool
+
+    # Label pass: one node id per voxel.
+    n_nodes = hierarchy.reduction.nodes.shape[0]
+    node_dtype = np.int16 if n_nodes < 2**15 else np.int32
+    assign = (
+        _NodeAssigner(hierarchy, torch_device)
+        if torch_device.type == "cuda"
+        else (lambda emb: _nearest_numpy(hierarchy, emb))
+    )
+    background_node = int(assign(background_embedding[None, None])[0, 0])
+    nodes = np.full(slices.shape[:1] + slices.shape[2:], background_node, dtype=node_dtype)
+    assign_seconds = 0.0
+    todo = _batches([None if i in cache else b for i, b in enumerate(boxes)], batch_size)
+    for index, emb in cache.items():
+        t0 = time.perf_counter()
+        rows, cols = boxes[index]
+        nodes[index, rows, cols] = assign(emb)
+        assign_seconds += time.perf_counter() - t0
+    cache.clear()
+    total = max(len(todo), 1)
+    for done, group in enumerate(todo):
+        rows, cols = _union([boxes[i] for i in group])
+        t0 = time.perf_counter()
+        embedded = embed_slices(
+            net,
+            slices[group[0] : group[-1] + 1, :, rows, cols],
+            device=torch_device,
+            batch_size=len(group),
+            bf16=bf16,
+        )
+        for index, emb in zip(group, embedded, strict=True):
+            t1 = time.perf_counter()
+            nodes[index, rows, cols] = assign(emb)
+            assign_seconds += time.perf_counter() - t1
+        seconds["embed"] += time.perf_counter() - t0
+        yield Progress(0.35 + 0.6 * (done + 1) / total, f"Labelling slices ({done + 1}/{total})")
+    seconds["embed"] -= assign_seconds
+    seconds["assign"] = assign_seconds
+    del slices
+
+    yield Progress(0.95, "Building the label maps")
+    t0 = time.perf_counter()
+    nodes = np.moveaxis(nodes, 0, axis_np) if image.ndim == 3 else nodes[0]
+    node_voxels = np.bincount(nodes.ravel(), minlength=n_nodes).astype(np.float64)
+    luts, counts = [], []
+    for node_level in hierarchy.node_levels:
+        lut, n = _size_order_lut(node_level, node_voxels)
+        luts.append(lut)
+        counts.append(n)
+    levels = [np.ascontiguousarray(lut[nodes]) for lut in luts]
+    persistent = _persistent_lut(hierarchy.node_levels, node_voxels)[nodes]
+    kmeans = None
+    if kmeans_nodes is not None:
+        kmeans = _size_order_lut(kmeans_nodes, node_voxels)[0][nodes]
+    seconds["labels"] = time.perf_counter() - t0
+    seconds["total"] = time.perf_counter() - start
+    yield Progress(1.0, "Done")
+    return VolumeSegmentation(
+        levels=levels,
+        n_clusters=counts,
+        persistent=persistent,
+        kmeans=kmeans,
+        axis=axis_np,
+        seconds=seconds,
+        model_card=dict(card),
+        method=method,
+        persistence=list(hierarchy.persistence),
+    )
+
+
+def segment_volume(image: Image, model=None, **options) -> VolumeSegmentation:
+    """Blocking :func:`segment_volume_steps` (same arguments)."""
+    return run_steps(segment_volume_steps(image, model, **options))
+
+
+def _fit_batch(
+    shape: tuple[int, ...],
+    channels: int,
+    axis: int,
+    batch_size: int,
+    max_levels: int,
+    pool_slices: int,
+    cache_bytes: int,
+    max_memory: int | None,
+) -> int:
+    """The largest batch size up to ``batch_size`` that fits; refuse if none does."""
+    limit = available_memory() if max_memory is None else int(max_memory)
+    if limit is None:
+        return int(batch_size)
+    batch = int(batch_size)
+    while True:
+        need = estimate_memory(
+            shape,
+            channels,
+            axis=axis,
+            batch_size=batch,
+            max_levels=max_levels,
+            pool_slices=pool_slices,
+            cache_bytes=cache_bytes,
+        )
+        if need <= limit:
+            return batch
+        if batch == 1:
+            raise InputError(
+                f"Segmenting this {'x'.join(map(str, shape))} image needs about "
+                f"{need / _GiB:.1f} GiB of memory but only {limit / _GiB:.1f} GiB is available. "
+                "Crop or downsample it first (e.g. Slicer's Crop Volume module), or keep "
+                "fewer levels (--max-levels)."
+            )
+        batch = max(1, batch // 2)
+
+
+def _area(box: tuple[slice, slice]) -> int:
+    return (box[0].stop - box[0].start) * (box[1].stop - box[1].start)
+
+
+def _quotas(weights: np.ndarray, total: int) -> np.ndarray:
+    """Split ``total`` samples in proportion to ``weights`` (largest remainders)."""
+    share = weights / weights.sum() * total
+    quota = np.floor(share).astype(np.int64)
+    rest = total - int(quota.sum())
+    quota[np.argsort(-(share - quota), kind="stable")[:rest]] += 1
+    return quota
+
+
+def _embed_constant(net: CutsModel, value: np.ndarray, device: torch.device) -> np.ndarray:
+    """The embedding of a receptive field filled with one value, ``(embed_dim,)``."""
+    patch = np.broadcast_to(
+        value[None, :, None, None], (1, value.size, RECEPTIVE_FIELD, RECEPTIVE_FIELD)
+    )
+    emb = next(embed_slices(net, np.ascontiguousarray(patch, dtype=np.float32), device=device))
+    return emb[HALO, HALO]
+
+
+def _nearest_numpy(hierarchy: Hierarchy, emb: np.ndarray) -> np.ndarray:
+    """``(H, W, D)`` embeddings -> ``(H, W)`` node ids, on the CPU."""
+    h, w, d = emb.shape
+    return hierarchy.reduction.nearest_node(emb.reshape(h * w, d)).reshape(h, w)
+
+
+class _NodeAssigner:
+    """Nearest node of the hierarchy for every pixel embedding, in torch on a GPU.
+
+    The same rule as :meth:`Reduction.nearest_node` (optional L2 normalisation,
+    centring, PCA projection, nearest micro-cluster centre), in blocks. On the
+    CPU numpy's matmul and argmin were as fast, so this runs only on CUDA.
+    """
+
+    block = 16384  # rows per matmul: bounds the (block x nodes) score matrix to ~64 MB
+
+    def __init__(self, hierarchy: Hierarchy, device: torch.device):
+        red = hierarchy.reduction
+        self.device = device
+        self.normalize = bool(red.normalize)
+        self.mean = torch.as_tensor(red.mean, dtype=torch.float32, device=device)
+        comps = red.components
+        self.components = (
+            None if comps is None else torch.as_tensor(comps, dtype=torch.float32, device=device)
+        )
+        nodes = torch.as_tensor(red.nodes, dtype=torch.float32, device=device)
+        self.nodes_t = nodes.T.contiguous()
+        self.half_sq = 0.5 * (nodes * nodes).sum(dim=1)
+
+    @torch.inference_mode()
+    def __call__(self, emb: np.ndarray) -> np.ndarray:
+        """``(H, W, D)`` embeddings -> ``(H, W)`` int32 node ids."""
+        h, w, d = emb.shape
+        x_all = torch.from_numpy(np.ascontiguousarray(emb).reshape(h * w, d))
+        out = torch.empty(h * w, dtype=torch.int64)
+        for start in range(0, h * w, self.block):
+            x = x_all[start : start + self.block].to(self.device)
+            if self.normalize:
+                x = x / x.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+            x = x - self.mean
+            if self.components is not None:
+                x = x @ self.components
+            # argmin ||x - n||^2 = argmin (|n|^2 / 2 - x . n): |x|^2 is common to all nodes.
+            score = torch.addmm(self.half_sq, x, self.nodes_t, alpha=-1.0)
+            out[start : start + self.block] = score.argmin(dim=1).cpu()
+        return out.numpy().astype(np.int32).reshape(h, w)
+
+
+def _kmeans_per_node(pool: np.ndarray, hierarchy: Hierarchy, k: int, seed: int) -> np.ndarray:
+    """Spectral k-means label of each node (the majority over the node's pooled pixels)."""
+    labels = spectral_kmeans(pool, k=k, seed=seed, normalize=True)
+    node_of = hierarchy.node_of
+    n_nodes = hierarchy.reduction.nodes.shape[0]
+    votes = np.zeros((n_nodes, int(labels.max()) + 1), dtype=np.int64)
+    np.add.at(votes, (node_of, labels), 1)
+    return np.argmax(votes, axis=1).astype(np.int32)
