@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from labelfree.errors import InputError
 from labelfree.io import ras_to_lps
 from labelfree.markups import markups_format, write_csv, write_fcsv, write_mrk_json
 
@@ -38,8 +39,6 @@ def exportLandmarksNode(node, path, world=True):
     labelfree.errors.InputError
         For an unknown suffix or a point list without points.
     """
-    from labelfree.errors import InputError
-
     path = Path(path)
     fileFormat = markups_format(path)
     if node is None or not node.IsA("vtkMRMLMarkupsFiducialNode"):
