@@ -484,7 +484,7 @@ class CUTSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             modelsDir = Path(slicer.app.slicerUserSettingsFilePath).parent / "LabelFree" / "models"
             safeName = re.sub(r"[^A-Za-z0-9_.-]+", "_", p.inputVolume.GetName())
             modelPath = modelsDir / f"cuts_adapted_{safeName}.pt"
-            initModel = str(p.modelPath) if str(p.modelPath) not in ("", ".") else None
+            initModel = str(p.modelPath) if str(p.modelPath) not in ("", ".") else "default"
             command = trainingCommand(
                 "cuts",
                 [volumePath],

@@ -62,7 +62,9 @@ def buildParser() -> argparse.ArgumentParser:
     cuts.add_argument(
         "--axis", default="auto", help="slicing axis: auto, 0, 1 or 2 (numpy z, y, x)"
     )
-    cuts.add_argument("--init-model", type=Path, default=None, help="start from this model")
+    cuts.add_argument(
+        "--init-model", default=None, help="fine-tune this model file ('default': the bundled one)"
+    )
 
     landmarks = methods.add_parser("landmarks", help="Siamese landmark regressor")
     common(landmarks)
@@ -83,7 +85,8 @@ def _options(args) -> dict:
     if args.epochs is not None:
         options["epochs"] = args.epochs
     if args.method == "cuts":
-        options["axis"] = int(args.axis) if str(args.axis).lstrip("-").isdigit() else args.axis
+        # The engine's None is "auto": each volume's coarsest-spaced axis.
+        options["axis"] = int(args.axis) if str(args.axis).isdigit() else None
         options["init_model"] = args.init_model
     else:
         options["n_landmarks"] = args.landmarks
@@ -123,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _raiseKeyboardInterrupt)
     try:
+        missing = [str(p) for p in args.inputs if not p.exists()]
+        if missing:  # before importing torch: a typo should not cost seconds
+            raise LabelFreeError(f"Input not found: {', '.join(missing)}. Check the paths.")
         print(f"PROGRESS 0.0000 Starting {args.method} training", flush=True)
         out = train(args)
     except LabelFreeError as err:

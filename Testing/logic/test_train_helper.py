@@ -1,0 +1,141 @@
+"""The headless training helper (Resources/Scripts/labelfree_train.py) run as a child process.
+
+It is started the way the modules start it (LabelFreeTraining.TrainingProcess), with
+plain ``python`` here; inside Slicer the same command runs under PythonSlicer.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from LabelFreeTraining import (  # noqa: E402 (conftest puts LabelFreeCommon on sys.path)
+    TrainingProcess,
+    parseProgressLine,
+    trainingCommand,
+    trainingScriptPath,
+)
+
+from labelfree.io import Image, write_image
+from labelfree.modelfile import load_model
+from labelfree.progress import Progress
+
+ROOT = Path(__file__).resolve().parents[2]
+TIMEOUT = 240
+
+
+def _writePhantoms(folder: Path, count: int = 3) -> list[Path]:
+    """Shifted, slightly scaled Shepp-Logan phantoms, 48x48, as NRRD files."""
+    from scipy import ndimage
+    from skimage.data import shepp_logan_phantom
+    from skimage.transform import resize
+
+    base = resize(shepp_logan_phantom(), (48, 48), anti_aliasing=True).astype(np.float32)
+    paths = []
+    for index in range(count):
+        moved = ndimage.shift(base, (index - 1, 2 * index - 2), order=1)
+        image = Image(moved, (1.0, 1.0), (0.0, 0.0), np.eye(2))
+        paths.append(write_image(image, folder / f"phantom{index}.nrrd"))
+    return paths
+
+
+def _run(command) -> TrainingProcess:
+    process = TrainingProcess(command)
+    reports: list[Progress] = []
+    deadline = time.monotonic() + TIMEOUT
+    while process.running and time.monotonic() < deadline:
+        reports += process.poll()
+        time.sleep(0.05)
+    process.wait(timeout=10)
+    process.reports = reports + process.poll()
+    return process
+
+
+def test_progress_lines_parse():
+    assert parseProgressLine("PROGRESS 0.25 epoch 1/4") == Progress(0.25, "epoch 1/4")
+    assert parseProgressLine("PROGRESS 1.5") == Progress(1.0, "")
+    assert parseProgressLine("PROGRESS x y") is None
+    assert parseProgressLine("loss 0.3") is None
+
+
+def test_command_line_is_built_from_options(tmp_path):
+    command = trainingCommand(
+        "cuts", [tmp_path / "a.nrrd"], tmp_path / "m.pt", epochs=3, init_model=None
+    )
+    assert command[:3] == [sys.executable, "-u", str(trainingScriptPath())]
+    assert command[3:] == [
+        "cuts",
+        str(tmp_path / "a.nrrd"),
+        "--out",
+        str(tmp_path / "m.pt"),
+        "--epochs",
+        "3",
+    ]
+    assert trainingScriptPath() == ROOT / "Resources" / "Scripts" / "labelfree_train.py"
+    with pytest.raises(ValueError, match="method"):
+        trainingCommand("unet", [], "m.pt")
+
+
+def test_trains_a_tiny_landmark_model(tmp_path):
+    inputs = _writePhantoms(tmp_path)
+    out = tmp_path / "models" / "landmarks.pt"
+    command = trainingCommand(
+        "landmarks", inputs, out, landmarks=4, epochs=1, input_size=64, device="cpu"
+    )
+    process = _run(command)
+    assert process.returnCode == 0, "\n".join(process.log)
+    assert process.succeeded and process.modelPath == out
+    assert len(process.reports) >= 3
+    assert process.reports[-1].fraction == 1.0
+    model = load_model(out, kind="landmarks")
+    card = json.loads(out.with_name("landmarks.card.json").read_text())
+    assert card["landmarks"] == 4 == model.card["landmarks"]
+
+
+def test_trains_a_tiny_cuts_model(tmp_path):
+    pytest.importorskip("labelfree.cuts.train")
+    rng = np.random.default_rng(0)
+    volume = np.zeros((3, 32, 32), dtype=np.float32)
+    volume[:, 8:24, 8:24] = 100.0
+    volume += rng.normal(0, 5, volume.shape).astype(np.float32)
+    path = write_image(
+        Image(volume, (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), np.eye(3)), tmp_path / "v.nrrd"
+    )
+    out = tmp_path / "cuts.pt"
+    process = _run(trainingCommand("cuts", [path], out, epochs=1, device="cpu"))
+    assert process.returnCode == 0, "\n".join(process.log)
+    assert process.modelPath == out
+    assert load_model(out, kind="cuts").card
+    assert out.with_name("cuts.card.json").is_file()
+
+
+def test_bad_input_exits_2_and_writes_nothing(tmp_path):
+    out = tmp_path / "never.pt"
+    process = _run(trainingCommand("landmarks", [tmp_path / "missing.nrrd"], out, landmarks=4))
+    assert process.returnCode == 2
+    assert "not found" in process.errorMessage
+    assert not out.exists() and not process.succeeded
+
+
+def test_cancel_stops_training_and_writes_nothing(tmp_path):
+    inputs = _writePhantoms(tmp_path)
+    out = tmp_path / "cancelled.pt"
+    command = trainingCommand(
+        "landmarks", inputs, out, landmarks=4, epochs=500, input_size=64, device="cpu"
+    )
+    process = TrainingProcess(command)
+    deadline = time.monotonic() + TIMEOUT
+    started = False
+    while not started and process.running and time.monotonic() < deadline:
+        started = any(r.fraction > 0 for r in process.poll())
+        time.sleep(0.05)
+    assert started, "\n".join(process.log)
+    process.cancel()
+    assert process.returnCode == 130, "\n".join(process.log)
+    assert not process.running
+    assert not out.exists()
+    assert not list(tmp_path.glob(".cancelled.pt*"))
