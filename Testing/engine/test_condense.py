@@ -155,3 +155,27 @@ def test_large_input_runs_without_dense_pairwise_matrix():
     tracemalloc.stop()
     assert peak < 0.01 * n * n * 8  # an N x N float64 matrix would be 34 GB
     assert h.levels[0].shape == (n,)
+
+
+def test_normalize_clusters_by_direction_and_assign_applies_it():
+    rng = np.random.default_rng(4)
+    directions = np.eye(5)[:3] * 1.0
+    truth = rng.integers(0, 3, 1500)
+    scale = rng.uniform(0.5, 20.0, size=(1500, 1))  # lengths vary wildly, directions do not
+    points = (directions[truth] + rng.normal(scale=0.02, size=(1500, 5))) * scale
+    h = condense(points, seed=0, normalize=True)
+    assert adjusted_rand_index(h.labels_at(3), truth) == 1.0
+    plain = condense(points, seed=0)
+    assert max(adjusted_rand_index(lv, truth) for lv in plain.levels) < 1.0
+    k = h.n_clusters.index(3)
+    assert adjusted_rand_index(h.assign(points * 7.0, level=k), truth) == 1.0
+
+
+def test_levels_span_coarse_to_fine_on_a_continuum():
+    # Uniform noise has no stable clusters: levels must still cover a range of granularities.
+    points = np.random.default_rng(0).uniform(size=(6000, 3)).astype(np.float32)
+    h = condense(points, seed=0)
+    counts = h.n_clusters
+    octaves = {int(np.log2(c)) for c in counts}
+    assert len(octaves) >= 5
+    assert counts[0] <= 8 and counts[-1] >= 256

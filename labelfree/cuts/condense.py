@@ -23,6 +23,17 @@ What differs from the reference (Multiscale PHATE on all H*W points) and why:
   lives a single step. On a 128x128 image this gives about 8-10 levels, e.g.
   2/4/5/13/21/44/65/132/260/812 clusters (reference: 2/3/4/11/14/73/102/741).
 - Positions are PCA-reduced to ``n_components`` dimensions (reference: 100 for PHATE).
+- Points are not L2-normalised unless ``normalize=True`` (the reference normalises CUTS
+  latents; a general-purpose function should not project data onto a sphere silently).
+- The first bandwidth is the points' own neighbour scale (median squared distance to the
+  5th neighbour), as if diffusing the points, not the coarser scale of the nodes: this
+  brought the levels closer to exact condensation of all points (ARI about 0.9 vs 0.85 on
+  a 64x64 image, where the exact process is affordable; two seeds of ours agree to about 0.9).
+
+Speed and memory (16,384 latents of a 128x128 MNI slice, 128-d, 2-core EPYC shared with
+other jobs): 0.15-0.2 s of CPU time and 25-35 MB traced peak (reference: 61 s, 4.4 GB).
+Linear algebra runs on one BLAS thread (:func:`~.precluster.single_blas_thread`): on a
+busy machine two OpenBLAS threads made the same call 15x slower.
 """
 
 from __future__ import annotations
