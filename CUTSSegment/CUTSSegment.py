@@ -335,7 +335,7 @@ class CUTSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _showResult(self, result) -> None:
         slicer.util.setSliceViewerLayers(label=result.labelmapNode, labelOpacity=0.5)
-        seconds = sum(v for v in result.seconds.values() if isinstance(v, (int, float)))
+        seconds = float(result.seconds.get("total", 0.0))
         self.ui.statusLabel.text = _("Done in {seconds:.1f} s: {levels} level(s).").format(
             seconds=seconds, levels=result.levelCount
         )
