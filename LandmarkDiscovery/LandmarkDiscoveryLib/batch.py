@@ -91,7 +91,7 @@ def batchDetectSteps(
     minImportance=None,
     fileFormat=".mrk.json",
     device="auto",
-    tableName="landmarks_table.csv",
+    tableName="landmarks.csv",
 ):
     """Detect landmarks in every volume; yields :class:`~labelfree.progress.Progress`, returns :class:`BatchResult`.
 
@@ -100,7 +100,8 @@ def batchDetectSteps(
     inputs : str, Path or sequence of paths
         A folder (every image file in it) or a list of image files.
     outputFolder : str or Path
-        Receives ``<subject>_landmarks<fileFormat>`` per volume and ``tableName``.
+        Receives ``<subject><fileFormat>`` per volume (``case01.nii.gz`` -> ``case01.mrk.json``,
+        as ``labelfree landmarks detect`` names them) and ``tableName``.
     modelPath : str or Path, optional
         A landmark model; ``None`` uses the bundled model for each image's dimension.
     keep, minImportance, device
@@ -128,6 +129,12 @@ def batchDetectSteps(
             f"Several inputs are named {', '.join(duplicates)}; their landmark files would "
             "collide. Rename them or put them in separate folders."
         )
+    clash = [s for s in subjects if f"{s}{fileFormat}".lower() == str(tableName).lower()]
+    if clash:
+        raise InputError(
+            f"The landmark file of {clash[0]} would overwrite the table {tableName}; "
+            "choose another table name or file type."
+        )
     model = None if modelPath in (None, "") else Path(modelPath)
     if model is not None and not model.is_file():
         raise InputError(f"Landmark model not found: {model}. Choose a .pt model file.")
@@ -153,7 +160,7 @@ def batchDetectSteps(
             result.failures.append((path, str(error)))
             continue
         written = landmarks.write(
-            outputFolder / f"{subject}_landmarks{fileFormat}", name=f"{subject}_landmarks"
+            outputFolder / f"{subject}{fileFormat}", name=f"{subject}_landmarks"
         )
         result.files.append(written)
         rows.append((subject, landmarks.points_lps, landmarks.names, landmarks.importance))

@@ -200,7 +200,7 @@ class LandmarkDiscoveryLogic:
         minImportance=None,
         fileFormat=".mrk.json",
         device="auto",
-        tableName="landmarks_table.csv",
+        tableName="landmarks.csv",
     ):
         """Batch detection as steps: a generator yielding ``Progress`` and returning a ``BatchResult``.
 
@@ -219,12 +219,12 @@ class LandmarkDiscoveryLogic:
         minImportance=None,
         fileFormat=".mrk.json",
         device="auto",
-        tableName="landmarks_table.csv",
+        tableName="landmarks.csv",
         progressCallback=None,
     ):
         """Find landmarks in every volume of a folder (or a list of files).
 
-        Writes ``<name>_landmarks<fileFormat>`` per volume into ``outputFolder`` and one table
+        Writes ``<name><fileFormat>`` per volume into ``outputFolder`` and one table
         ``tableName`` (``subject, label, importance, r, a, s``, RAS) of all of them for shape
         analysis. A volume that cannot be read is reported in ``failures`` and skipped.
 

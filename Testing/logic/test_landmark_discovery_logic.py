@@ -253,9 +253,9 @@ def test_batch_writes_one_file_per_volume_and_one_table(
 
     assert sceneSnapshot(scene) == before  # batch mode reads files, not the scene
     assert [p.name for p in result.files] == [
-        "case01_landmarks.mrk.json",
-        "case02_landmarks.mrk.json",
-        "case03_landmarks.mrk.json",
+        "case01.mrk.json",
+        "case02.mrk.json",
+        "case03.mrk.json",
     ]
     assert [p.name for p, _ in result.failures] == ["broken.nrrd"]
     assert "Could not read" in result.failures[0][1]
@@ -274,7 +274,7 @@ def test_batch_writes_one_file_per_volume_and_one_table(
         np.testing.assert_allclose(tablePoints, expected.points_lps, atol=1e-6)
         assert tableNames == expected.names
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
-        [p.name for p in result.files] + ["landmarks_table.csv"]
+        [p.name for p in result.files] + ["landmarks.csv"]
     )
 
 
@@ -286,7 +286,7 @@ def test_batch_cancelled_writes_no_table(models, tmp_path, phantomArray, scene):
     next(steps)
     next(steps)  # first volume done
     steps.close()
-    assert not (tmp_path / "out" / "landmarks_table.csv").exists()
+    assert not (tmp_path / "out" / "landmarks.csv").exists()
 
 
 def test_batch_bad_arguments(scene, models, tmp_path, phantomArray):
@@ -298,7 +298,7 @@ def test_batch_bad_arguments(scene, models, tmp_path, phantomArray):
         logic.batchDetect(tmp_path / "in", tmp_path / "out", modelPath=models["cuts"])
     with pytest.raises(InputError, match="Unknown landmark file type"):
         logic.batchDetect(tmp_path / "in", tmp_path / "out", modelPath=models[3], fileFormat=".txt")
-    assert not (tmp_path / "out" / "landmarks_table.csv").exists()
+    assert not (tmp_path / "out" / "landmarks.csv").exists()
 
 
 def test_bad_inputs_give_clear_errors_and_leave_the_scene(
@@ -482,3 +482,18 @@ def test_a_retrained_model_file_is_reloaded(scene, obliqueVolumeNode, tmp_path):
     assert logic.detect(obliqueVolumeNode, modelPath=path).GetNumberOfControlPoints() == 6
     makeTinyLandmarkModel(tmp_path / "model.pt", ndim=3, nLandmarks=5, seed=1)
     assert logic.detect(obliqueVolumeNode, modelPath=path).GetNumberOfControlPoints() == 5
+
+
+def test_batch_refuses_a_volume_whose_file_would_overwrite_the_table(scene, models, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image = Image(
+        np.random.default_rng(0).normal(size=(8, 12, 10)), (1.0, 1.0, 1.0), (0, 0, 0), np.eye(3)
+    )
+    write_image(image, folder / "landmarks.nrrd")
+    write_image(image, folder / "other.nrrd")
+    with pytest.raises(InputError, match="overwrite the table"):
+        LandmarkDiscoveryLogic(scene).batchDetect(
+            folder, tmp_path / "out", models[3], fileFormat=".csv"
+        )
+    assert not (tmp_path / "out" / "landmarks.csv").exists()
