@@ -336,18 +336,19 @@ def condense(
     keep = _stable(partitions, lives, n_points, min_persistence)
     keep.sort(key=lambda i: -i)  # later partitions are coarser
     node_levels = [_relabel(partitions[i]) for i in keep]
-    x = np.asarray(points, dtype=np.float64).reshape(n_points, -1)
+    # Per-node sums of the input points, column by column: no float64 copy of all points.
+    x = np.asarray(points).reshape(n_points, -1)
     m = red.nodes.shape[0]
-    agg = sparse.csr_matrix(
-        (np.ones(n_points), (red.node_of, np.arange(n_points))), shape=(m, n_points)
-    )
+    node_sums = np.empty((m, x.shape[1]))
+    for j in range(x.shape[1]):
+        node_sums[:, j] = np.bincount(red.node_of, weights=x[:, j], minlength=m)
     return Hierarchy(
         node_of=red.node_of,
         node_levels=node_levels,
         persistence=[int(lives[i]) for i in keep],
         epsilon=[float(eps_at[i]) for i in keep],
         reduction=red,
-        node_sums=np.asarray(agg @ x),
+        node_sums=node_sums,
     )
 
 

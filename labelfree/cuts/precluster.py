@@ -129,9 +129,12 @@ def _pca(x: np.ndarray, n_components: int) -> tuple[np.ndarray, np.ndarray | Non
     mean = x.mean(axis=0, dtype=np.float64).astype(np.float32)
     if x.shape[1] <= n_components:
         return mean, None
-    xc = (x - mean).astype(np.float64)
-    # D x D covariance and its eigenvectors: O(N D^2) once, no N x N or N x D SVD copies.
-    cov = xc.T @ xc
+    # D x D covariance, accumulated in float64 over row blocks: O(N D^2) time, no N x N
+    # matrix and no float64 copy of all points.
+    cov = np.zeros((x.shape[1], x.shape[1]))
+    for start in range(0, x.shape[0], _NEIGHBOUR_BLOCK):
+        xc = (x[start : start + _NEIGHBOUR_BLOCK] - mean).astype(np.float64)
+        cov += xc.T @ xc
     _, vecs = np.linalg.eigh(cov)
     comps = vecs[:, ::-1][:, :n_components]
     # Fix signs so the projection is reproducible across LAPACK builds.
