@@ -273,6 +273,19 @@ def test_batch_writes_one_file_per_volume_and_one_table(
         tablePoints, tableNames, tableImportance = table[subject]
         np.testing.assert_allclose(tablePoints, expected.points_lps, atol=1e-6)
         assert tableNames == expected.names
+    # The GUI's batch writes what the command line writes for the same volumes.
+    from labelfree import cli
+
+    command = ["landmarks", "detect", *map(str, volumes), "--model", str(models[3])]
+    assert cli.main([*command, "--out", str(tmp_path / "cli"), "--keep", "4"]) == 0
+    for landmarkFile in result.files:
+        ours, theirs = (
+            read_markups(landmarkFile),
+            read_markups(tmp_path / "cli" / landmarkFile.name),
+        )
+        np.testing.assert_allclose(ours[0], theirs[0], atol=1e-9)
+        assert ours[1] == theirs[1]
+    assert (tmp_path / "cli" / "landmarks.csv").read_text() == result.table.read_text()
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
         [p.name for p in result.files] + ["landmarks.csv"]
     )
