@@ -11,7 +11,7 @@ import slicer
 import vtk
 from LabelFreeMRML import placeInSubjectHierarchyBeside, volumeNodeToImage
 
-from labelfree.errors import InputError
+from labelfree.errors import InputError, ModelFileError
 from labelfree.io import Image, lps_to_ras
 
 from .batch import batchDetectSteps, listVolumes
@@ -293,7 +293,17 @@ class LandmarkDiscoveryLogic:
         key = (str(model), ndim, stat and (stat.st_mtime_ns, stat.st_size))
         if self._modelCache is None or self._modelCache[0] != key:
             self._modelCache = None  # a failed load must not leave an older model behind
-            self._modelCache = (key, load_landmark_model(model, ndim=ndim))
+            try:
+                loaded = load_landmark_model(model, ndim=ndim)
+            except ModelFileError as error:
+                if model is not None:
+                    raise
+                raise ModelFileError(
+                    f"No bundled {ndim}-D landmark model in this installation ({error}) Train "
+                    "one (Train a model section, or `labelfree landmarks train`) and choose "
+                    "it as the model file."
+                ) from error
+            self._modelCache = (key, loaded)
         return self._modelCache[1]
 
     def _checkVolumeNode(self, volumeNode):

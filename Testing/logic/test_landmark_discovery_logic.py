@@ -510,3 +510,19 @@ def test_batch_refuses_a_volume_whose_file_would_overwrite_the_table(scene, mode
             folder, tmp_path / "out", models[3], fileFormat=".csv"
         )
     assert not (tmp_path / "out" / "landmarks.csv").exists()
+
+
+def test_bundled_model_or_a_clear_error_without_one(scene, obliqueVolumeNode, sceneSnapshot):
+    from labelfree.landmarks.model import BUNDLED
+    from labelfree.modelfile import WEIGHTS_DIR
+
+    logic = LandmarkDiscoveryLogic(scene)
+    if (WEIGHTS_DIR / BUNDLED[3]).is_file():
+        markups = logic.detect(obliqueVolumeNode)
+        assert markups.GetNumberOfControlPoints() > 0
+        assert markups.GetAttribute("LabelFree.model") == "bundled"
+    else:
+        before = sceneSnapshot(scene)
+        with pytest.raises(ModelFileError, match="No bundled 3-D landmark model"):
+            logic.detect(obliqueVolumeNode)
+        assert sceneSnapshot(scene) == before
