@@ -82,10 +82,25 @@ def test_segment_keeps_geometry_and_switches_levels(scene, obliqueVolumeNode, ti
 @pytest.fixture(scope="module")
 def segmented(moduleScene, tinyModels, addObliqueVolume):
     """One finished run shared by the tests below (they only add nodes, at level 2)."""
+    volumeNode = addObliqueVolume(moduleScene)
+    shNode = moduleScene.GetSubjectHierarchyNode()
+    study = shNode.CreateFolderItem(shNode.GetSceneItemID(), "study")
+    shNode.CreateItem(study, volumeNode)
     logic = CUTSSegmentLogic(moduleScene)
-    logic.segment(addObliqueVolume(moduleScene), tinyModels["grey"], **RUN)
+    logic.segment(volumeNode, tinyModels["grey"], **RUN)
     logic.setLevel(1)
     return logic
+
+
+def _referenceGeometry(segmentationNode) -> np.ndarray:
+    """The segmentation's reference image geometry: 16 matrix values then the extent."""
+    text = segmentationNode.GetSegmentation().GetConversionParameter("Reference image geometry")
+    return np.array([float(v) for v in text.split(";") if v.strip()])
+
+
+def _parentItem(node):
+    shNode = node.GetScene().GetSubjectHierarchyNode()
+    return shNode.GetItemParent(shNode.GetItemByDataNode(node))
 
 
 def test_same_seed_same_labels(scene, obliqueVolumeNode, tinyModels, segmented):
@@ -101,6 +116,12 @@ def test_create_segmentation_from_current_level(segmented):
     segmentationNode = segmented.createSegmentation()
     segmentation = segmentationNode.GetSegmentation()
     assert segmentation.GetNumberOfSegments() == result.clusterCounts[1]
+    assert _parentItem(segmentationNode) == _parentItem(obliqueVolumeNode) != 0
+    fromInput = segmented.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "reference")
+    fromInput.SetReferenceImageGeometryParameterFromVolumeNode(obliqueVolumeNode)
+    geometry = _referenceGeometry(segmentationNode)
+    assert geometry.size == 16 + 6  # matrix and extent
+    np.testing.assert_allclose(geometry, _referenceGeometry(fromInput), atol=1e-6)
     labels = result.currentLabels
     for index in range(segmentation.GetNumberOfSegments()):
         segmentId = segmentation.GetNthSegmentID(index)
@@ -124,6 +145,7 @@ def test_segment_from_one_point(segmented):
     mask = segmentMask(segmentationNode, segmentId, obliqueVolumeNode)
     np.testing.assert_array_equal(mask, expected)
     assert mask[zyx]
+    assert _parentItem(segmentationNode) == _parentItem(obliqueVolumeNode)
     label = int(result.currentLabels[zyx])
     segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
     assert _tag(segment, "LabelFree.Label") == str(label)
