@@ -361,3 +361,36 @@ def test_cuts_logic_imports_without_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+_INSTALL_CALLS = {
+    "pip_install",
+    "pip_ensure",
+    "installTorch",
+    "ensureDependencies",
+    "ensurePackages",
+}
+
+
+def _callNames(node: ast.AST) -> set[str]:
+    names = set()
+    for call in ast.walk(node):
+        if isinstance(call, ast.Call):
+            func = call.func
+            names.add(func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", ""))
+    return names
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_dependencies_are_not_installed_at_import_or_setup(module):
+    """Slicer's rule: install packages after consent on an action, never at import or in setup()."""
+    path = ROOT / module / f"{module}.py"
+    if not path.is_file():
+        pytest.skip(f"{module} is not in this tree yet")
+    tree = ast.parse(path.read_text())
+    moduleLevel = [n for n in tree.body if not isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+    for statement in moduleLevel:
+        assert not _callNames(statement) & _INSTALL_CALLS, ast.unparse(statement)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and node.name in ("setup", "__init__", "enter"):
+            assert not _callNames(node) & _INSTALL_CALLS, f"{module}: installs in {node.name}()"
