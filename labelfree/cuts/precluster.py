@@ -12,6 +12,7 @@ kept level on a 128x128 image has 741).
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -28,6 +29,16 @@ _NEIGHBOUR_BLOCK = 4096
 _SAMPLE_PER_NODE = 4
 
 
+@functools.lru_cache(maxsize=1)
+def _blas_controller():
+    """threadpoolctl's view of the loaded BLAS libraries (scanning them takes ~30 ms)."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # optional: only a speed guard
+        return None
+    return ThreadpoolController()
+
+
 @contextlib.contextmanager
 def single_blas_thread() -> Iterator[None]:
     """Run numpy/scipy linear algebra on one thread inside the block.
@@ -36,14 +47,14 @@ def single_blas_thread() -> Iterator[None]:
     little on an idle machine, and on a busy one (a shared CPU, Slicer rendering, the
     encoder's torch threads) OpenBLAS's spin-waiting threads made condensation of a
     128x128 image 15x slower (9.4 s instead of 0.64 s, measured here at load 10 on 2
-    cores). Uses threadpoolctl when installed; otherwise changes nothing.
+    cores). Uses threadpoolctl when installed; otherwise changes nothing. Torch's own
+    thread pool is not touched.
     """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # optional: only a speed guard
+    controller = _blas_controller()
+    if controller is None:
         yield
         return
-    with threadpool_limits(limits=1, user_api="blas"):
+    with controller.limit(limits=1, user_api="blas"):
         yield
 
 
