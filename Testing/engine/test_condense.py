@@ -179,3 +179,16 @@ def test_levels_span_coarse_to_fine_on_a_continuum():
     octaves = {int(np.log2(c)) for c in counts}
     assert len(octaves) >= 5
     assert counts[0] <= 8 and counts[-1] >= 256
+
+
+def test_phantom_tissues_are_the_most_persistent_level():
+    from skimage import data, transform
+
+    phantom = transform.resize(data.shepp_logan_phantom(), (128, 128), order=0, anti_aliasing=False)
+    _, truth = np.unique(np.round(phantom, 3), return_inverse=True)  # 6 intensity classes
+    rng = np.random.default_rng(0)
+    features = phantom.reshape(-1, 1) + rng.normal(scale=0.005, size=(phantom.size, 4))
+    h = condense(features.astype(np.float32), seed=0)
+    most_stable = int(np.argmax(h.persistence))
+    assert h.n_clusters[most_stable] == 6
+    assert adjusted_rand_index(h.levels[most_stable], truth.ravel()) == 1.0
