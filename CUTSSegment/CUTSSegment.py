@@ -468,32 +468,26 @@ class CUTSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("Adaptation cancelled; the model is unchanged.")
             return
         from LabelFreeDependencies import ensureDependencies
-        from LabelFreeMRML import volumeNodeToImage
-        from LabelFreeTraining import TrainingProcess, trainingCommand
+        from LabelFreeTraining import TrainingProcess
 
         with slicer.util.tryWithErrorDisplay(
             _("Failed to start adapting the model."), waitCursor=True
         ):
             if not ensureDependencies(_("CUTS Segment")):
                 return
-            from labelfree.io import write_image
-
             p = self._parameterNode
-            workDir = Path(tempfile.mkdtemp(prefix="CUTSSegment-", dir=slicer.app.temporaryPath))
-            volumePath = write_image(volumeNodeToImage(p.inputVolume), workDir / "volume.nrrd")
+            workDir = tempfile.mkdtemp(prefix="CUTSSegment-", dir=slicer.app.temporaryPath)
             modelsDir = Path(slicer.app.slicerUserSettingsFilePath).parent / "LabelFree" / "models"
             safeName = re.sub(r"[^A-Za-z0-9_.-]+", "_", p.inputVolume.GetName())
-            modelPath = modelsDir / f"cuts_adapted_{safeName}.pt"
-            initModel = str(p.modelPath) if str(p.modelPath) not in ("", ".") else "default"
-            command = trainingCommand(
-                "cuts",
-                [volumePath],
-                modelPath,
-                python=pythonSlicerExecutable(),
+            command = self.logic.adaptationCommand(
+                p.inputVolume,
+                workDir,
+                modelsDir / f"cuts_adapted_{safeName}.pt",
+                initModel=p.modelPath,
                 epochs=p.adaptEpochs,
                 seed=p.seed,
                 device=p.device.value,
-                init_model=initModel,
+                python=pythonSlicerExecutable(),
             )
             self._training = TrainingProcess(command, popen=slicer.util.launchConsoleProcess)
             self._setBusy(True, _("Cancel adaptation"))

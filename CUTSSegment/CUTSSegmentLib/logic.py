@@ -397,6 +397,43 @@ class CUTSSegmentLogic:
             raise
         return segmentationNode, segmentId
 
+    # -- adapting the model -------------------------------------------------------------------
+
+    def adaptationCommand(
+        self,
+        inputVolumeNode,
+        workDir: str | os.PathLike,
+        modelOut: str | os.PathLike,
+        *,
+        initModel: str | os.PathLike | None = None,
+        epochs: int = 5,
+        seed: int = 0,
+        device: str = "auto",
+        python: str | None = None,
+    ) -> list[str]:
+        """Write the volume to ``workDir`` and return the command that adapts a model to it.
+
+        Run the command with :class:`LabelFreeTraining.TrainingProcess` (the GUI polls
+        it from a timer); it writes ``modelOut`` and its card only if training finishes.
+        ``initModel`` None starts from the bundled model.
+        """
+        from LabelFreeTraining import trainingCommand
+
+        from labelfree.io import write_image
+
+        image = volumeNodeToImage(inputVolumeNode)
+        volumePath = write_image(image, Path(workDir) / "adapt_input.nrrd")
+        return trainingCommand(
+            "cuts",
+            [volumePath],
+            modelOut,
+            python=python,
+            epochs=int(epochs),
+            seed=int(seed),
+            device=device,
+            init_model=_modelPathOrNone(initModel) or "default",
+        )
+
     # -- export -------------------------------------------------------------------------------
 
     def exportLabelmap(self, path: str | os.PathLike) -> Path:

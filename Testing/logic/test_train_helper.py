@@ -20,7 +20,7 @@ from LabelFreeTraining import (  # noqa: E402 (conftest puts LabelFreeCommon on 
     trainingScriptPath,
 )
 
-from labelfree.io import Image, write_image
+from labelfree.io import Image, lps_to_ras, write_image
 from labelfree.modelfile import load_model
 from labelfree.progress import Progress
 
@@ -96,21 +96,35 @@ def test_trains_a_tiny_landmark_model(tmp_path):
     assert card["landmarks"] == 4 == model.card["landmarks"]
 
 
-def test_trains_a_tiny_cuts_model(tmp_path):
+def test_adapts_a_cuts_model_to_a_volume_and_uses_it(tmp_path, scene, obliqueVolumeNode, ijkToRas):
+    """'Adapt model to this volume' without the GUI: write, train in a child process, segment."""
+    torch = pytest.importorskip("torch")
     pytest.importorskip("labelfree.cuts.train")
-    rng = np.random.default_rng(0)
-    volume = np.zeros((3, 32, 32), dtype=np.float32)
-    volume[:, 8:24, 8:24] = 100.0
-    volume += rng.normal(0, 5, volume.shape).astype(np.float32)
-    path = write_image(
-        Image(volume, (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), np.eye(3)), tmp_path / "v.nrrd"
+    from CUTSSegmentLib import CUTSSegmentLogic
+
+    from labelfree.cuts.model import CutsModel, model_config, save_cuts_model
+    from labelfree.io import read_image
+
+    torch.manual_seed(0)
+    start = CutsModel(1)  # default width: cuts.train fine-tunes into a 128-d model
+    startPath = save_cuts_model(tmp_path / "start.pt", start, model_config(start), {})
+    logic = CUTSSegmentLogic(scene)
+    out = tmp_path / "adapted" / "cuts.pt"
+    command = logic.adaptationCommand(
+        obliqueVolumeNode, tmp_path, out, initModel=startPath, epochs=1, device="cpu"
     )
-    out = tmp_path / "cuts.pt"
-    process = _run(trainingCommand("cuts", [path], out, epochs=1, device="cpu"))
+    written = read_image(tmp_path / "adapt_input.nrrd")
+    assert written.array.shape == (6, 32, 40)
+    ras = lps_to_ras(written.index_to_physical(np.array([[1.0, 2.0, 3.0]]))[0])
+    np.testing.assert_allclose(ras, (ijkToRas(obliqueVolumeNode) @ [1, 2, 3, 1])[:3], atol=1e-4)
+    assert command[command.index("--init-model") + 1] == str(startPath)
+
+    process = _run(command)
     assert process.returnCode == 0, "\n".join(process.log)
-    assert process.modelPath == out
+    assert process.modelPath == out and out.with_name("cuts.card.json").is_file()
     assert load_model(out, kind="cuts").card
-    assert out.with_name("cuts.card.json").is_file()
+    result = logic.segment(obliqueVolumeNode, out, maxLevels=4, poolSize=2048, device="cpu")
+    assert result.levelCount >= 1
 
 
 def test_bad_input_exits_2_and_writes_nothing(tmp_path):
