@@ -192,3 +192,13 @@ def test_phantom_tissues_are_the_most_persistent_level():
     most_stable = int(np.argmax(h.persistence))
     assert h.n_clusters[most_stable] == 6
     assert adjusted_rand_index(h.levels[most_stable], truth.ravel()) == 1.0
+
+
+@pytest.mark.parametrize("scale", [1e-25, 1e18])
+def test_result_does_not_depend_on_the_units(scale):
+    points, _, _ = nested_blobs(100)
+    reference = condense(points, seed=0)
+    scaled = condense(points.astype(np.float64) * scale, seed=0)
+    assert scaled.n_clusters == reference.n_clusters
+    for a, b in zip(reference.levels, scaled.levels, strict=True):
+        assert adjusted_rand_index(a, b) == 1.0

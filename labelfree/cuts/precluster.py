@@ -255,6 +255,14 @@ def reduce_points(
         x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.finfo(np.float32).tiny)
     mean, comps = _pca(x, n_components)
     y = _project(x, mean, comps, normalize=False)
+    # Unit RMS spread: every later step is scale-free, and float32 squared distances then
+    # neither overflow (features ~1e20) nor underflow (~1e-20).
+    spread = float(np.sqrt(np.mean(np.square(y, dtype=np.float64)) * y.shape[1]))
+    if np.isfinite(spread) and spread > 0:
+        if comps is None:
+            comps = np.eye(x.shape[1], dtype=np.float32)
+        comps = (comps / spread).astype(np.float32)
+        y = _project(x, mean, comps, normalize=False)
     rng = np.random.default_rng(seed)
     node_of, nodes, mass = _micro_clusters(y, n_nodes, n_iter, rng)
     scale = neighbour_scale(y, knn=knn, n_queries=256, rng=rng)
