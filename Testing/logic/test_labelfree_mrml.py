@@ -97,3 +97,14 @@ def test_distinct_colors_are_distinct():
     colors = LabelFreeMRML.distinctColors(40)
     distances = np.linalg.norm(colors[:, None] - colors[None], axis=-1)
     assert distances[~np.eye(40, dtype=bool)].min() > 0.02
+
+
+def test_requirements_are_found_and_checked(tmp_path):
+    import LabelFreeDependencies
+
+    path = LabelFreeDependencies.requirementsPath()
+    assert path.name == "requirements.txt" and path.parent.name == "Resources"
+    assert LabelFreeDependencies._missingPackages(path) == []  # the test environment has them
+    fake = tmp_path / "requirements.txt"
+    fake.write_text("# comment\nscipy>=1.0\nno-such-package-labelfree>=1  # trailing\n")
+    assert LabelFreeDependencies._missingPackages(fake) == ["no-such-package-labelfree>=1"]

@@ -394,3 +394,28 @@ def test_dependencies_are_not_installed_at_import_or_setup(module):
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef) and node.name in ("setup", "__init__", "enter"):
             assert not _callNames(node) & _INSTALL_CALLS, f"{module}: installs in {node.name}()"
+
+
+# Provided inside Slicer without requirements.txt (torch via the PyTorch extension), or
+# imported only when present.
+_PROVIDED = {"torch", "numpy", "labelfree"}
+_OPTIONAL = {"threadpoolctl"}
+_DISTRIBUTION = {"skimage": "scikit-image"}
+
+
+def test_requirements_cover_the_engine_with_lower_bounds_only():
+    lines = [
+        line.split("#", 1)[0].strip()
+        for line in (ROOT / "Resources" / "requirements.txt").read_text().splitlines()
+    ]
+    requirements = [line for line in lines if line]
+    assert requirements
+    for line in requirements:
+        assert "==" not in line and "<" not in line, f"pin or upper bound in {line!r}"
+    names = {re.split(r"[<>=!~ ;\[]", line, maxsplit=1)[0].lower() for line in requirements}
+    imported = set()
+    for relative in _sourceFiles(ROOT / "labelfree"):
+        imported |= {n.split(".")[0] for n in _importedModules(ROOT / "labelfree" / relative)}
+    thirdParty = imported - set(sys.stdlib_module_names) - _PROVIDED - _OPTIONAL - {"__future__"}
+    needed = {_DISTRIBUTION.get(n, n).lower() for n in thirdParty}
+    assert needed - names == set(), "engine imports missing from Resources/requirements.txt"
