@@ -251,7 +251,14 @@ def test_rgb_image_and_single_maps(scene, makeVolumeNode, tinyModels, ijkToRas):
         logic.segmentSteps(rgbVolume, tinyModels["rgb"])
 
 
-def test_persistent_method(scene, obliqueVolumeNode, tinyModels):
+def test_persistent_method_under_a_linear_transform(scene, obliqueVolumeNode, tinyModels, ijkToRas):
+    """A parent transform is hardened: the label map sits where the transformed input is shown."""
+    transformNode = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "shift")
+    matrix = vtk.vtkMatrix4x4()
+    matrix.SetElement(0, 3, 12.0)
+    matrix.SetElement(2, 3, -7.5)
+    transformNode.SetMatrixTransformToParent(matrix)
+    obliqueVolumeNode.SetAndObserveTransformNodeID(transformNode.GetID())
     result = CUTSSegmentLogic(scene).segment(
         obliqueVolumeNode, tinyModels["grey"], method="persistent", **RUN
     )
@@ -259,3 +266,7 @@ def test_persistent_method(scene, obliqueVolumeNode, tinyModels):
     shown = arrayFromVolumeNode(result.labelmapNode)
     assert shown.min() >= 0
     assert result.clusterCounts[0] == len(np.unique(shown[shown > 0]))
+    expected = ijkToRas(obliqueVolumeNode)
+    expected[:3, 3] += (12.0, 0.0, -7.5)
+    np.testing.assert_allclose(ijkToRas(result.labelmapNode), expected, atol=1e-9)
+    assert result.labelmapNode.GetParentTransformNode() is None
