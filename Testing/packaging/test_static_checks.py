@@ -396,10 +396,9 @@ def test_dependencies_are_not_installed_at_import_or_setup(module):
             assert not _callNames(node) & _INSTALL_CALLS, f"{module}: installs in {node.name}()"
 
 
-# Provided inside Slicer without requirements.txt (torch via the PyTorch extension), or
-# imported only when present.
+# Provided inside Slicer without requirements.txt (torch via the PyTorch extension).
 _PROVIDED = {"torch", "numpy", "labelfree"}
-_OPTIONAL = {"threadpoolctl"}
+_OPTIONAL: set[str] = set()
 _DISTRIBUTION = {"skimage": "scikit-image"}
 
 
