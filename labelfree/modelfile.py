@@ -61,12 +61,12 @@ def save_model(path: str | os.PathLike, model: ModelFile) -> Path:
     The card gains ``engine_version`` and ``kind`` if missing.
     """
     path = Path(path)
-    card = {"kind": model.kind, "engine_version": __version__, **model.card}
+    card = _plain({"kind": model.kind, "engine_version": __version__, **model.card})
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "kind": model.kind,
-        "config": model.config,
+        "config": _plain(model.config),
         "card": card,
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict.items()},
     }
@@ -76,6 +76,18 @@ def save_model(path: str | os.PathLike, model: ModelFile) -> Path:
     with atomic_path(card_path) as tmp:
         tmp.write_text(json.dumps(card, indent=2, default=str))
     return path
+
+
+def _plain(mapping: dict[str, Any]) -> dict[str, Any]:
+    """JSON-safe copy: numpy scalars, versions and paths become numbers or strings, so that
+    ``torch.load(weights_only=True)`` can read the file back."""
+    return json.loads(json.dumps(mapping, default=_to_plain))
+
+
+def _to_plain(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
 
 
 def load_model(path: str | os.PathLike, kind: str | None = None) -> ModelFile:

@@ -77,10 +77,16 @@ def test_model_file_round_trip_and_card(tmp_path):
     net = torch.nn.Linear(3, 2)
     path = save_model(
         tmp_path / "m.pt",
-        ModelFile("cuts", {"in_channels": 1}, {"trained_on": "x"}, net.state_dict()),
+        ModelFile(
+            "cuts",
+            {"in_channels": 1, "mean": np.float32(0.5)},
+            {"trained_on": "x", "torch": torch.__version__, "sizes": np.arange(2)},
+            net.state_dict(),
+        ),
     )
     loaded = load_model(path, kind="cuts")
-    assert loaded.config == {"in_channels": 1}
+    assert loaded.config == {"in_channels": 1, "mean": 0.5}
+    assert loaded.card["torch"] == str(torch.__version__) and loaded.card["sizes"] == [0, 1]
     assert loaded.card["trained_on"] == "x" and loaded.card["engine_version"]
     torch.testing.assert_close(loaded.state_dict["weight"], net.weight.detach())
     assert (tmp_path / "m.card.json").is_file()
