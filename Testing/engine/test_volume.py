@@ -184,7 +184,8 @@ def test_2d_grey_and_rgb_images_are_one_slice(grey_model, rgb_model):
     colour = Image(rgb, (1.0, 1.0), (0.0, 0.0), np.eye(2), channels=3)
     result = segment_volume(colour, rgb_model, method="kmeans", k=4, seed=0, **FAST)
     assert all(labels.shape == (40, 40) for labels in result.levels)
-    assert result.kmeans.shape == (40, 40) and 1 <= result.kmeans.max() <= 4
+    # k = 4 clusters of the content, plus the black surround as one more
+    assert result.kmeans.shape == (40, 40) and 2 <= result.kmeans.max() <= 5
     assert result.kmeans.min() == 1
 
 
@@ -300,3 +301,25 @@ def test_refuses_unknown_options(grey_model):
         segment_volume(image, grey_model, method="watershed", **FAST)
     with pytest.raises(InputError, match="k-means"):
         segment_volume(image, grey_model, method="kmeans", k=1, **FAST)
+
+
+def test_constant_background_is_one_cluster_at_every_level(smooth_result):
+    image, result = smooth_result
+    background = image.array == 0
+    assert result.n_clusters[0] == 2  # coarsest: object versus background
+    for labels in result.levels:
+        values = np.unique(labels[background])
+        assert values.size == 1
+        np.testing.assert_array_equal(labels == values[0], background)
+
+
+def test_fill_value_is_found_only_when_it_covers_the_border():
+    from labelfree.cuts.volume import _background_value
+
+    masked = smooth_volume(depth=6, size=32)[:, None]  # (S, C, H, W), zero outside the ball
+    np.testing.assert_array_equal(_background_value(masked), [0.0])
+    noisy = masked + np.random.default_rng(0).normal(0.0, 5.0, masked.shape)
+    assert _background_value(noisy) is None
+    photo = np.zeros((1, 3, 30, 30), np.float32)
+    photo[0, :, 5:25, 5:25] = np.arange(3)[:, None, None] + 1
+    np.testing.assert_array_equal(_background_value(photo), [0.0, 0.0, 0.0])
