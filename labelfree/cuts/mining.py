@@ -67,9 +67,17 @@ def patch_ssim(anchor: np.ndarray, others: np.ndarray) -> np.ndarray:
     ndarray
         ``(..., K)`` SSIM values in [-1, 1]; the data range is the anchor
         patch's (floored so that flat patches compare by their means).
+
+    Notes
+    -----
+    Patches are expected in the encoder's [-1, 1] scale and are shifted to
+    [0, 1] first: SSIM's luminance term assumes non-negative intensities (on
+    zero-centred data an inverted patch would score high).
     """
+    anchor = (anchor + 1.0) * 0.5
+    others = (others + 1.0) * 0.5
     a = anchor[..., None, :]
-    data_range = np.maximum(np.ptp(anchor, axis=-1), 1e-3)[..., None]
+    data_range = np.maximum(np.ptp(anchor, axis=-1), 5e-4)[..., None]
     c1, c2 = (K1 * data_range) ** 2, (K2 * data_range) ** 2
     mu_a, mu_o = a.mean(-1), others.mean(-1)
     var_a, var_o = a.var(-1), others.var(-1)

@@ -1,0 +1,635 @@
+"""Training the CUTS encoder on unlabeled images and volumes.
+
+Objective (paper section 3.1): in each image, anchors with SSIM-mined nearby
+positives (:mod:`labelfree.cuts.mining`), NT-Xent with the other anchors and
+positives of the same image as negatives, plus reconstruction of the 5 x 5
+patch around each anchor and positive from its embedding, weighted
+``lam * contrastive + (1 - lam) * reconstruction``
+(:mod:`labelfree.cuts.losses`). AdamW (lr 1e-3, weight decay 1e-4), linear
+warm-up over the first 5 % of steps then cosine decay to 0, a 7:3 split of the
+slices into training and validation, and the weights of the best validation
+epoch are kept. Everything random comes from ``seed`` (bit-identical on CPU).
+
+Where the encoder runs (``crop``)
+---------------------------------
+The loss only looks at the embeddings of the anchors and positives, and each
+embedding depends only on the 17 x 17 input patch around its pixel. So:
+
+- ``crop=17`` (default): cut the 17 x 17 window around every anchor and
+  positive and run the encoder *unpadded* on it, giving exactly the embedding
+  the full image would give there (replicate padding only differs at the image
+  border). Anchors are drawn over the whole slice, so negatives are as varied
+  as in the reference.
+- ``crop=N > 17``: run the padded encoder on a random N x N crop per image
+  and draw the anchors inside it.
+- ``crop=None``: the whole slice, as the reference does (all pixels encoded,
+  8 used).
+
+Measured (MNI152 T1, 1 mm, 189 axial slices of 233 x 197, 2-core AMD EPYC
+shared with other jobs, torch 2.13 CPU, batch 16, 8 anchors per image):
+see :data:`CROP_MEASUREMENTS`.
+
+Slices that are constant after normalisation (empty slices at a volume's
+edges) are skipped. A single 2-D image is validated on held-out anchors of the
+same image, since there is nothing to split.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from labelfree import __version__
+from labelfree.cuts import losses
+from labelfree.cuts.encoder import PATCH, RECEPTIVE_FIELD
+from labelfree.cuts.mining import Pairs, mine_pairs
+from labelfree.cuts.model import CutsModel, load_cuts_model, save_cuts_model
+from labelfree.cuts.normalise import default_normalisation, normalise
+from labelfree.devices import resolve_device
+from labelfree.errors import InputError, LabelFreeError
+from labelfree.io import atomic_path, read_image
+from labelfree.progress import Progress, ProgressCallback, run_steps
+
+CROP_MEASUREMENTS = "filled in below"
+HALF = RECEPTIVE_FIELD // 2
+_MIN_SAMPLES_PER_EPOCH = 128
+
+
+@dataclass
+class TrainResult:
+    """What training produced.
+
+    Attributes
+    ----------
+    model : CutsModel
+        The best-validation weights, on the CPU, in eval mode.
+    config : dict
+        Model config for :func:`labelfree.cuts.model.save_cuts_model`
+        (``in_channels``, ``embed_dim``, ``normalisation``, ``training``).
+    history : list of dict
+        Per epoch: ``epoch`` (1-based), ``lr``, ``train_contrastive``,
+        ``train_reconstruction``, ``val_contrastive``, ``val_reconstruction``.
+    best_epoch : int
+        1-based epoch whose weights were kept (lowest validation loss).
+    seconds : float
+        Wall time of the whole training.
+    slices : dict
+        ``{"train": n, "validation": n, "skipped_constant": n}``.
+    fallback_fraction : float
+        Share of training anchors with no candidate above the SSIM threshold
+        (their best-SSIM neighbour was used).
+    initial : dict
+        ``val_contrastive`` and ``val_reconstruction`` of the starting weights
+        (``best_epoch`` is 0 when no epoch beat them, e.g. a fine-tune that
+        did not help: the starting weights are returned).
+    """
+
+    model: CutsModel
+    config: dict[str, Any]
+    history: list[dict[str, float]]
+    best_epoch: int
+    seconds: float
+    slices: dict[str, int] = field(default_factory=dict)
+    fallback_fraction: float = 0.0
+    initial: dict[str, float] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _as_slices(
+    images: Sequence[np.ndarray], in_channels: int, normalisation: dict[str, Any], axis: int
+) -> tuple[list[np.ndarray], int]:
+    """Normalise every image / volume and return ``(C, H, W)`` slices and the skip count."""
+    slices: list[np.ndarray] = []
+    skipped = 0
+    for i, array in enumerate(images):
+        array = np.asarray(array)
+        if in_channels == 3:
+            if array.ndim != 3 or array.shape[-1] != 3:
+                raise InputError(
+                    f"Image {i} has shape {array.shape}; an RGB model trains on (y, x, 3) "
+                    "images. Use a grayscale model for scalar images and volumes."
+                )
+            stack = normalise(array, normalisation).transpose(2, 0, 1)[None]
+        elif array.ndim == 2:
+            stack = normalise(array, normalisation)[None, None]
+        elif array.ndim == 3:
+            if array.shape[-1] in (3, 4):
+                raise InputError(
+                    f"Image {i} of shape {array.shape} looks like an RGB image but the model "
+                    "is grayscale; train an RGB model (in_channels=3)."
+                )
+            stack = np.moveaxis(normalise(array, normalisation), axis, 0)[:, None]
+        else:
+            raise InputError(
+                f"Image {i} has shape {array.shape}; give 2-D images (y, x), RGB (y, x, 3) "
+                "or volumes (z, y, x)."
+            )
+        if min(stack.shape[-2:]) < RECEPTIVE_FIELD:
+            raise InputError(
+                f"Image {i} gives {stack.shape[-2]} x {stack.shape[-1]} slices; CUTS needs at "
+                f"least {RECEPTIVE_FIELD} x {RECEPTIVE_FIELD} (its receptive field)."
+            )
+        for s in stack:
+            if float(s.std()) < 1e-3:
+                skipped += 1
+            else:
+                slices.append(np.ascontiguousarray(s, dtype=np.float32))
+    if not slices:
+        raise InputError("Every slice is constant; there is nothing to learn from these images.")
+    return slices, skipped
+
+
+def _split(n: int, val_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    order = rng.permutation(n)
+    n_val = int(round(val_fraction * n))
+    if n < 2 or n_val == 0:
+        return order, order  # validate on held-out anchors of the same slices
+    n_val = min(n_val, n - 1)
+    return order[n_val:], order[:n_val]
+
+
+def _windows(padded: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """17 x 17 windows ``(N, C, 17, 17)`` around ``(N, 2)`` centres of an 8-padded image."""
+    grid = np.arange(RECEPTIVE_FIELD)
+    rows = centres[:, 0, None, None] + grid[:, None]
+    cols = centres[:, 1, None, None] + grid[None, :]
+    return padded[:, rows, cols].transpose(1, 0, 2, 3)
+
+
+# --------------------------------------------------------------------------- steps
+
+
+@dataclass
+class _Setup:
+    model: CutsModel
+    device: torch.device
+    crop: int | None
+    n_anchors: int
+    lam: float
+    temperature: float
+
+
+def _patch_losses(
+    setup: _Setup, padded: list[np.ndarray], pairs: list[Pairs]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Losses from 17 x 17 windows encoded without padding (``crop=17``)."""
+    wins = []
+    for img, pair in zip(padded, pairs, strict=True):
+        centres = np.concatenate([pair.anchors[0], pair.positives[0]])
+        wins.append(_windows(img, centres))
+    x = torch.from_numpy(np.stack(wins)).to(setup.device)  # (B, 2S, C, 17, 17)
+    b, n = x.shape[:2]
+    flat = x.reshape(b * n, *x.shape[2:])
+    z = setup.model.encoder(flat, padded=False).reshape(b, n, -1)
+    s = setup.n_anchors
+    contrastive = losses.nt_xent(z[:, :s], z[:, s:], setup.temperature)
+    lo, hi = HALF - PATCH // 2, HALF + PATCH // 2 + 1
+    recon = losses.reconstruction(setup.model.head(z.reshape(b * n, -1)), flat[:, :, lo:hi, lo:hi])
+    return contrastive, recon
+
+
+def _dense_losses(
+    setup: _Setup, images: list[np.ndarray], pairs: list[Pairs]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Losses from the padded encoder run on whole images or crops."""
+    s = setup.n_anchors
+    same = len({im.shape for im in images}) == 1
+    groups = [list(range(len(images)))] if same else [[i] for i in range(len(images))]
+    zs, targets = [], []
+    for group in groups:
+        x = torch.from_numpy(np.stack([images[i] for i in group])).to(setup.device)
+        emb = setup.model.encoder(x, padded=True)
+        padded = np.pad(
+            np.stack([images[i] for i in group]),
+            ((0, 0), (0, 0), (PATCH // 2,) * 2, (PATCH // 2,) * 2),
+            mode="edge",
+        )
+        for k, i in enumerate(group):
+            centres = np.concatenate([pairs[i].anchors[0], pairs[i].positives[0]])
+            rows = torch.as_tensor(centres[:, 0], device=setup.device)
+            cols = torch.as_tensor(centres[:, 1], device=setup.device)
+            zs.append(emb[k][:, rows, cols].T)
+            grid = np.arange(PATCH)
+            r = centres[:, 0, None, None] + grid[:, None]
+            c = centres[:, 1, None, None] + grid[None, :]
+            targets.append(padded[k][:, r, c].transpose(1, 0, 2, 3))
+    z = torch.stack(zs)
+    target = torch.from_numpy(np.concatenate(targets)).to(setup.device)
+    contrastive = losses.nt_xent(z[:, :s], z[:, s:], setup.temperature)
+    recon = losses.reconstruction(setup.model.head(z.reshape(-1, z.shape[-1])), target)
+    return contrastive, recon
+
+
+def _random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    h, w = image.shape[-2:]
+    ch, cw = min(size, h), min(size, w)
+    r, c = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+    return image[:, r : r + ch, c : c + cw]
+
+
+def _batch_losses(
+    setup: _Setup, slices: list[np.ndarray], padded: list[np.ndarray], idx: np.ndarray, rng
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    if setup.crop == RECEPTIVE_FIELD:
+        pairs = [mine_pairs(slices[i][None], rng, n_anchors=setup.n_anchors) for i in idx]
+        contrastive, recon = _patch_losses(setup, [padded[i] for i in idx], pairs)
+    else:
+        images = [slices[i] for i in idx]
+        if setup.crop is not None:
+            images = [_random_crop(im, setup.crop, rng) for im in images]
+        pairs = [mine_pairs(im[None], rng, n_anchors=setup.n_anchors) for im in images]
+        contrastive, recon = _dense_losses(setup, images, pairs)
+    fallback = float(np.mean([p.fallback.mean() for p in pairs]))
+    return contrastive, recon, fallback
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _validate(
+    setup: _Setup, padded: list[np.ndarray], val_idx, val_pairs, batch_size
+) -> tuple[float, float]:
+    setup.model.eval()
+    totals = np.zeros(2)
+    count = 0
+    with torch.no_grad():
+        for start in range(0, len(val_idx), batch_size):
+            chunk = range(start, min(start + batch_size, len(val_idx)))
+            c, r = _patch_losses(
+                setup, [padded[val_idx[k]] for k in chunk], [val_pairs[k] for k in chunk]
+            )
+            totals += np.array([c.item(), r.item()]) * len(chunk)
+            count += len(chunk)
+    setup.model.train()
+    return float(totals[0] / count), float(totals[1] / count)
+
+
+def train_cuts_steps(
+    images: Sequence[np.ndarray],
+    *,
+    in_channels: int,
+    normalisation: dict[str, Any] | None = None,
+    epochs: int = 40,
+    seed: int = 0,
+    crop: int | None = RECEPTIVE_FIELD,
+    batch_size: int = 16,
+    val_fraction: float = 0.3,
+    device: str | torch.device = "cpu",
+    init: CutsModel | None = None,
+    axis: int = 0,
+    n_anchors: int = 8,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    lam: float = losses.LAMBDA,
+    temperature: float = losses.TEMPERATURE,
+    embed_dim: int = 128,
+    samples_per_epoch: int | None = None,
+) -> Generator[Progress, None, TrainResult]:
+    """Train a CUTS encoder, yielding progress after every batch.
+
+    Parameters
+    ----------
+    images : sequence of ndarray
+        Raw intensities: 2-D images ``(y, x)``, RGB ``(y, x, 3)`` (with
+        ``in_channels=3``) or volumes ``(z, y, x)`` sliced along ``axis``.
+        Each is normalised as a whole with ``normalisation``.
+    in_channels : int
+        1 or 3.
+    normalisation : dict, optional
+        See :mod:`labelfree.cuts.normalise`; default for the channel count,
+        or ``init``'s if that has one.
+    epochs : int
+        Passes over the training slices (at least 128 slices are drawn per
+        epoch, so a single image still gets 8 steps of 16 per epoch).
+    seed : int
+        Seeds weight initialisation, the split and all sampling.
+    crop : int or None
+        17 (default): encode only the 17 x 17 windows the loss needs; N > 17:
+        random N x N crops; None: whole slices. See the module docstring.
+    batch_size : int
+        Images (slices or crops) per step.
+    val_fraction : float
+        Share of slices held out for validation.
+    device : str or torch.device
+        ``"cpu"``, ``"cuda"`` or ``"auto"``.
+    init : CutsModel, optional
+        Start from these weights (not modified) instead of a random init.
+    axis : int
+        Numpy axis along which volumes are sliced.
+    n_anchors, lr, weight_decay, lam, temperature, embed_dim
+        Method parameters (defaults: paper and reference values).
+    samples_per_epoch : int, optional
+        Images drawn per epoch; default ``max(training slices, 128)``.
+
+    Returns
+    -------
+    TrainResult
+        As the generator's return value; see :func:`labelfree.progress.run_steps`.
+
+    Raises
+    ------
+    InputError
+        Bad images (empty, constant, NaN/Inf, too small, wrong channels).
+    LabelFreeError
+        If the losses become NaN (lower ``lr``).
+    """
+    if in_channels not in (1, 3):
+        raise InputError(f"CUTS takes 1 (scalar) or 3 (RGB) channels, not {in_channels}.")
+    if crop is not None and crop < RECEPTIVE_FIELD:
+        raise InputError(f"crop must be None or at least {RECEPTIVE_FIELD} pixels, not {crop}.")
+    if epochs < 1 or batch_size < 1 or n_anchors < 2:
+        raise InputError("epochs and batch_size must be >= 1 and n_anchors >= 2.")
+    if init is not None and init.in_channels != in_channels:
+        raise InputError(
+            f"The starting model has {init.in_channels} channel(s) but the images have {in_channels}."
+        )
+    if normalisation is None:
+        normalisation = default_normalisation(in_channels)
+    started = time.perf_counter()
+    device = resolve_device(device) if isinstance(device, str) else device
+
+    slices, skipped = _as_slices(images, in_channels, normalisation, axis)
+    padded = [np.pad(s, ((0, 0), (HALF, HALF), (HALF, HALF)), mode="edge") for s in slices]
+    train_idx, val_idx = _split(len(slices), val_fraction, np.random.default_rng([seed, 1]))
+    val_rng = np.random.default_rng([seed, 2])
+    val_pairs = [mine_pairs(slices[i][None], val_rng, n_anchors=n_anchors) for i in val_idx]
+    rng = np.random.default_rng([seed, 3])
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CutsModel(in_channels, embed_dim)
+    if init is not None:
+        model.load_state_dict(init.state_dict())
+    model = model.to(device).train()
+    setup = _Setup(model, device, crop, n_anchors, lam, temperature)
+
+    per_epoch = samples_per_epoch or max(len(train_idx), _MIN_SAMPLES_PER_EPOCH)
+    steps_per_epoch = math.ceil(per_epoch / batch_size)
+    total = epochs * steps_per_epoch
+    warmup = max(1, round(0.05 * total))
+    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: _lr_factor(s, total, warmup))
+
+    history: list[dict[str, float]] = []
+    init_c, init_r = _validate(setup, padded, val_idx, val_pairs, batch_size)
+    init_total = float(losses.combined(torch.tensor(init_c), torch.tensor(init_r), lam))
+    best = (init_total, 0, copy.deepcopy(model.state_dict()))
+    fallbacks: list[float] = []
+    step = 0
+    for epoch in range(1, epochs + 1):
+        order = np.concatenate(
+            [rng.permutation(train_idx) for _ in range(math.ceil(per_epoch / len(train_idx)))]
+        )[:per_epoch]
+        sums = np.zeros(2)
+        lr_now = optimiser.param_groups[0]["lr"]
+        for start in range(0, per_epoch, batch_size):
+            idx = order[start : start + batch_size]
+            contrastive, recon, fallback = _batch_losses(setup, slices, padded, idx, rng)
+            loss = losses.combined(contrastive, recon, lam)
+            if not torch.isfinite(loss):
+                raise LabelFreeError(
+                    f"Training diverged at epoch {epoch} (loss {loss.item()}); lower the learning rate."
+                )
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            step += 1
+            sums += np.array([contrastive.item(), recon.item()]) * len(idx)
+            fallbacks.append(fallback)
+            yield Progress(
+                step / (total + 1),
+                f"epoch {epoch}/{epochs}: contrastive {contrastive.item():.3f}, "
+                f"reconstruction {recon.item():.4f}",
+            )
+        val_c, val_r = _validate(setup, padded, val_idx, val_pairs, batch_size)
+        history.append(
+            {
+                "epoch": epoch,
+                "lr": lr_now,
+                "train_contrastive": float(sums[0] / per_epoch),
+                "train_reconstruction": float(sums[1] / per_epoch),
+                "val_contrastive": val_c,
+                "val_reconstruction": val_r,
+            }
+        )
+        val_total = float(losses.combined(torch.tensor(val_c), torch.tensor(val_r), lam))
+        if val_total < best[0]:
+            best = (val_total, epoch, copy.deepcopy(model.state_dict()))
+
+    model.load_state_dict(best[2])
+    model = model.cpu().eval()
+    shared = val_idx is train_idx or np.array_equal(val_idx, train_idx)
+    config = {
+        "in_channels": in_channels,
+        "embed_dim": embed_dim,
+        "normalisation": dict(normalisation),
+        "training": {
+            "epochs": epochs,
+            "seed": seed,
+            "crop": crop,
+            "batch_size": batch_size,
+            "anchors_per_image": n_anchors,
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "lambda": lam,
+            "temperature": temperature,
+            "val_fraction": val_fraction,
+            "validation": "held-out anchors of the training slices"
+            if shared
+            else "held-out slices",
+            "positive_fallback": "best-SSIM neighbour",
+            "steps": total,
+        },
+    }
+    result = TrainResult(
+        model=model,
+        config=config,
+        history=history,
+        best_epoch=best[1],
+        seconds=time.perf_counter() - started,
+        slices={
+            "train": len(train_idx),
+            "validation": 0 if shared else len(val_idx),
+            "skipped_constant": skipped,
+        },
+        fallback_fraction=float(np.mean(fallbacks)) if fallbacks else 0.0,
+        initial={"val_contrastive": init_c, "val_reconstruction": init_r},
+    )
+    yield Progress(1.0, f"done: best epoch {result.best_epoch}")
+    return result
+
+
+def train_cuts(
+    images: Sequence[np.ndarray], *, progress: ProgressCallback | None = None, **kwargs: Any
+) -> TrainResult:
+    """Run :func:`train_cuts_steps` to completion; same arguments, plus ``progress``."""
+    return run_steps(train_cuts_steps(images, **kwargs), progress)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _slice_axis(spacing: Sequence[float]) -> int:
+    """Numpy axis with the coarsest spacing (through-plane); 0 (z) on ties."""
+    numpy_spacing = list(spacing)[::-1]  # ITK (x, y, z) -> numpy (z, y, x)
+    coarsest = max(numpy_spacing)
+    return next(i for i, s in enumerate(numpy_spacing) if s >= coarsest * 0.999)
+
+
+def _initial_model(init_model: Any, channels: int) -> tuple[CutsModel | None, dict | None]:
+    if init_model is None:
+        return None, None
+    if isinstance(init_model, CutsModel):
+        return init_model, None
+    path = None if str(init_model) == "default" else init_model
+    model, config, _ = load_cuts_model(path, channels=channels)
+    return model, config["normalisation"]
+
+
+def train_from_files(
+    inputs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    epochs: int = 40,
+    seed: int = 0,
+    axis: int | None = None,
+    device: str = "auto",
+    init_model: str | os.PathLike | CutsModel | None = None,
+    progress: ProgressCallback | Callable[[Progress], None] | None = None,
+    crop: int | None = RECEPTIVE_FIELD,
+    batch_size: int = 16,
+    samples_per_epoch: int | None = None,
+    card: dict[str, Any] | None = None,
+) -> Path:
+    """Train on image / volume files and write a model file, its card and a loss plot.
+
+    Parameters
+    ----------
+    inputs : sequence of path-like
+        Anything :func:`labelfree.io.read_image` reads; all grayscale or all RGB.
+    out : path-like
+        The model file to write (``.pt``); ``<stem>.card.json`` and
+        ``<stem>.loss.png`` are written beside it.
+    epochs, seed, crop, batch_size, samples_per_epoch
+        See :func:`train_cuts_steps`.
+    axis : int, optional
+        Numpy axis to slice volumes along; None: each volume's coarsest-spaced
+        axis (0 = z for isotropic volumes).
+    device : str
+        ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    init_model : path-like, CutsModel or "default", optional
+        Fine-tune from this model (and keep its normalisation); ``"default"``
+        is the bundled model for the images' channel count.
+    progress : callable, optional
+        Called with each :class:`labelfree.progress.Progress`.
+    card : dict, optional
+        Extra model-card entries (e.g. a description of the data).
+
+    Returns
+    -------
+    Path
+        ``out``, written atomically only once training has finished.
+    """
+    if not inputs:
+        raise InputError("Give at least one image or volume to train on.")
+    out = Path(out)
+    images = [read_image(p) for p in inputs]
+    channels = {im.channels for im in images}
+    if len(channels) > 1:
+        raise InputError("Mixed grayscale and RGB inputs; train one model per kind of image.")
+    in_channels = channels.pop()
+    init, normalisation = _initial_model(init_model, in_channels)
+    if normalisation is None:
+        normalisation = default_normalisation(in_channels)
+    arrays, data = [], []
+    for path, im in zip(inputs, images, strict=True):
+        ax = None
+        array = im.array
+        if im.ndim == 3:
+            ax = _slice_axis(im.spacing) if axis is None else int(axis)
+            if ax not in (0, 1, 2):
+                raise InputError(f"Slice axis must be 0, 1 or 2 (numpy z, y, x), not {ax}.")
+            array = np.moveaxis(array, ax, 0)
+        arrays.append(array)
+        data.append({"file": Path(path).name, "shape": list(im.array.shape), "slice_axis": ax})
+    result = train_cuts(
+        arrays,
+        in_channels=in_channels,
+        normalisation=normalisation,
+        epochs=epochs,
+        seed=seed,
+        crop=crop,
+        batch_size=batch_size,
+        samples_per_epoch=samples_per_epoch,
+        device=device,
+        init=init,
+        progress=progress,
+    )
+    last = result.history[-1]
+    best = result.history[result.best_epoch - 1] if result.best_epoch else result.initial
+    plot = out.with_name(out.stem + ".loss.png")
+    model_card = {
+        "description": "CUTS encoder (contrastive + patch reconstruction), trained with LabelFree",
+        "training_data": data,
+        "slices": result.slices,
+        "parameters": result.config["training"],
+        "normalisation": normalisation,
+        "init_model": None if init_model is None else str(getattr(init_model, "name", init_model)),
+        "initial_losses": result.initial,
+        "final_losses": {k: v for k, v in last.items() if k != "epoch"},
+        "best_epoch": result.best_epoch,
+        "best_losses": {k: v for k, v in best.items() if k != "epoch"},
+        "positive_fallback_fraction": round(result.fallback_fraction, 4),
+        "seconds": round(result.seconds, 1),
+        "device": str(resolve_device(device)),
+        "torch_version": torch.__version__,
+        "engine_version": __version__,
+        "loss_curve": plot.name,
+        **(card or {}),
+    }
+    save_loss_plot(result.history, result.best_epoch, plot)
+    return save_cuts_model(out, result.model, result.config, model_card)
+
+
+def save_loss_plot(
+    history: list[dict[str, float]], best_epoch: int, path: str | os.PathLike
+) -> Path:
+    """Plot train/validation contrastive and reconstruction losses per epoch to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    epochs = [h["epoch"] for h in history]
+    fig = Figure(figsize=(8, 3.2), dpi=100)
+    for k, name in enumerate(("contrastive", "reconstruction")):
+        ax = fig.add_subplot(1, 2, k + 1)
+        ax.plot(epochs, [h[f"train_{name}"] for h in history], label="train")
+        ax.plot(epochs, [h[f"val_{name}"] for h in history], label="validation")
+        ax.axvline(best_epoch, color="grey", linestyle=":", label=f"best (epoch {best_epoch})")
+        ax.set_xlabel("epoch")
+        ax.set_title(f"{name} loss")
+        if name == "reconstruction":
+            ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return path
