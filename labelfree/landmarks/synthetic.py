@@ -107,7 +107,7 @@ class SyntheticPopulation:
         per_image, common = self._anchors(len(self.images))
         target = per_image[indices]
         source = common.expand(len(indices), -1, -1)
-        mapped = tps_map(torch.as_tensor(points, dtype=torch.float64), target, source)
+        mapped = tps_map(torch.tensor(np.asarray(points), dtype=torch.float64), target, source)
         return mapped.numpy()
 
     def to_pixels(self, points: np.ndarray) -> np.ndarray:

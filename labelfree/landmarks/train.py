@@ -1,7 +1,8 @@
 """Self-supervised training of the landmark regressor on image pairs.
 
-Each epoch presents every training image once as the source of a pair with
-a random other image as the target. The network sees whitened images with
+Each epoch presents every training image once as the source of a pair; the
+targets are the same batch shifted by a random offset, so every image is a
+target once as well and the network runs once per image. The network sees whitened images with
 small Gaussian noise; the loss (:mod:`labelfree.landmarks.loss`) compares
 the clean whitened images. Images of any size are resampled to the model's
 ``input_size`` per axis (corners to corners), so a training list may mix
@@ -35,7 +36,8 @@ from labelfree.landmarks.model import (
     save_landmark_model,
     whiten,
 )
-from labelfree.landmarks.regressor import LandmarkRegressor
+from labelfree.landmarks.regressor import LandmarkRegressor, corner_landmarks
+from labelfree.landmarks.tps import warp_image
 from labelfree.progress import Progress, ProgressCallback, run_steps
 
 DEFAULT_INPUT_SIZE = {2: 128, 3: 48}
@@ -111,13 +113,48 @@ def _split(n: int, val_fraction: float, rng: np.random.Generator) -> tuple[np.nd
     return order[n_val:], order[:n_val]
 
 
-def _random_targets(indices: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """For each source index, another index of the same set (itself only if alone)."""
-    if len(indices) == 1:
-        return indices.copy()
-    offsets = rng.integers(1, len(indices), size=len(indices))
-    positions = (np.arange(len(indices)) + offsets) % len(indices)
-    return indices[positions]
+def _batch_targets(sources: np.ndarray, pool: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A target for each source: the batch shifted by a random offset, so every image of
+    the batch is both a source and a target and the network runs once per image."""
+    if len(sources) > 1:
+        return np.roll(sources, int(rng.integers(1, len(sources))))
+    others = pool[pool != sources[0]]
+    return rng.choice(others, 1) if len(others) else sources.copy()
+
+
+def random_warps(
+    images: torch.Tensor, sigma_px: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Augment images with random smooth warps (one per image).
+
+    A 3-per-axis grid of control points in ``[-0.6, 0.6]`` moves by an
+    isotropic Gaussian of ``sigma_px`` pixels; the corners stay put.
+
+    Parameters
+    ----------
+    images : Tensor
+        ``(B, C, *shape)``.
+    sigma_px : float
+        Displacement std in pixels of ``images``.
+    generator : torch.Generator, optional
+        Source of randomness.
+
+    Returns
+    -------
+    Tensor
+        Warped images, same shape.
+    """
+    batch, _, *shape = images.shape
+    ndim = len(shape)
+    axis = torch.linspace(-0.6, 0.6, 3, dtype=images.dtype)
+    mesh = torch.meshgrid(*([axis] * ndim), indexing="ij")
+    grid = torch.stack([m.ravel() for m in mesh], dim=-1)
+    control = torch.cat([grid, corner_landmarks(ndim).to(images.dtype)])
+    pixel = 2.0 / (torch.tensor(shape[::-1], dtype=images.dtype) - 1)
+    delta = torch.randn(batch, len(grid), ndim, generator=generator, dtype=images.dtype)
+    delta = torch.cat([delta * sigma_px * pixel, torch.zeros(batch, 2**ndim, ndim)], dim=1)
+    target = control.expand(batch, -1, -1).to(images.device)
+    return warp_image(images, target, target + delta.to(images.device), field_stride=4)
 
 
 def _pair_loss(
@@ -131,16 +168,28 @@ def _pair_loss(
     ridge: float,
     match: str,
     field_stride: int,
+    augment_px: float = 0.0,
 ):
-    clean_s, clean_t = stack[src], stack[tgt]
-    inputs = torch.cat([clean_s, clean_t])
+    unique, inverse = np.unique(np.concatenate([src, tgt]), return_inverse=True)
+    clean = stack[unique]
+    if augment_px > 0:
+        clean = random_warps(clean, augment_px, generator)
+    inputs = clean
     if noise_std > 0:
         noise = torch.randn(inputs.shape, generator=generator, dtype=inputs.dtype)
         inputs = inputs + noise_std * noise.to(inputs.device)
     points = model.control_points(inputs)
-    lm_s, lm_t = points[: len(src)], points[len(src) :]
+    where = torch.as_tensor(inverse, device=points.device)
+    lm_s, lm_t = points[where[: len(src)]], points[where[len(src) :]]
     return registration_loss(
-        clean_s, clean_t, lm_s, lm_t, lam=lam, ridge=ridge, match=match, field_stride=field_stride
+        clean[where[: len(src)]],
+        clean[where[len(src) :]],
+        lm_s,
+        lm_t,
+        lam=lam,
+        ridge=ridge,
+        match=match,
+        field_stride=field_stride,
     )
 
 
@@ -163,7 +212,8 @@ def train_landmarks_steps(
     match: str = "mse",
     fixed_corners: bool = True,
     channels: Sequence[int] | None = None,
-    field_stride: int = 2,
+    field_stride: int | None = None,
+    augment_px: float = 2.0,
 ) -> Generator[Progress, None, TrainResult]:
     """Train a landmark regressor, step by step.
 
@@ -205,9 +255,14 @@ def train_landmarks_steps(
         Add the image corners as fixed landmarks.
     channels : sequence of int, optional
         Network stage widths.
-    field_stride : int
+    field_stride : int, optional
         The spline is evaluated every ``field_stride`` pixels and its
-        displacement interpolated in between (see :func:`.loss.registration_loss`).
+        displacement interpolated in between (see :func:`.loss.registration_loss`);
+        2 in 2-D and 4 in 3-D by default.
+    augment_px : float
+        Each step warps the training images by random smooth warps of this
+        std in input pixels (:func:`random_warps`), which keeps a small training
+        set from being memorised; 0 disables it.
 
     Yields
     ------
@@ -221,6 +276,7 @@ def train_landmarks_steps(
     if ndim not in (2, 3):
         raise InputError(f"ndim must be 2 or 3, got {ndim}.")
     input_size = input_size or DEFAULT_INPUT_SIZE[ndim]
+    field_stride = field_stride or (2 if ndim == 2 else 4)
     if epochs < 1 or batch_size < 1:
         raise InputError("epochs and batch_size must be at least 1.")
     _check_sizes(n_landmarks, ndim, input_size, fixed_corners)
@@ -240,7 +296,11 @@ def train_landmarks_steps(
         ).to(torch_device)
     noise_gen = torch.Generator().manual_seed(seed + 1)
     val_gen = np.random.default_rng(seed + 2)
-    val_pairs = [(val_idx, _random_targets(val_idx, val_gen)) for _ in range(2)]
+    val_pairs = []
+    for _ in range(2):
+        for b in range(0, len(val_idx), batch_size):
+            chunk = val_idx[b : b + batch_size]
+            val_pairs.append((chunk, _batch_targets(chunk, val_idx, val_gen)))
     steps_per_epoch = int(np.ceil(len(train_idx) / batch_size))
     total_steps = epochs * steps_per_epoch
     optimiser = torch.optim.Adam(model.parameters(), lr=learning_rate)
@@ -254,14 +314,23 @@ def train_landmarks_steps(
     for epoch in range(1, epochs + 1):
         model.train()
         order = rng.permutation(train_idx)
-        targets = _random_targets(order, rng)
         epoch_ridge = warmup_ridge if epoch == 1 else ridge
         losses = []
         for b in range(steps_per_epoch):
             src = order[b * batch_size : (b + 1) * batch_size]
-            tgt = targets[b * batch_size : (b + 1) * batch_size]
+            tgt = _batch_targets(src, train_idx, rng)
             terms = _pair_loss(
-                model, stack, src, tgt, noise_std, noise_gen, lam, epoch_ridge, match, field_stride
+                model,
+                stack,
+                src,
+                tgt,
+                noise_std,
+                noise_gen,
+                lam,
+                epoch_ridge,
+                match,
+                field_stride,
+                augment_px,
             )
             optimiser.zero_grad(set_to_none=True)
             if torch.isfinite(terms.total):
@@ -277,9 +346,7 @@ def train_landmarks_steps(
                 step / total_steps,
                 f"epoch {epoch}/{epochs}, loss {np.mean(losses) if losses else float('nan'):.4g}",
             )
-        val_total, val_match = _validate(
-            model, stack, val_pairs, lam, ridge, match, batch_size, field_stride
-        )
+        val_total, val_match = _validate(model, stack, val_pairs, lam, ridge, match, field_stride)
         history["train"].append(float(np.mean(losses)) if losses else float("nan"))
         history["val"].append(val_total)
         history["val_match"].append(val_match)
@@ -298,6 +365,7 @@ def train_landmarks_steps(
         "noise_std": noise_std,
         "match": match,
         "field_stride": field_stride,
+        "augment_px": augment_px,
         "n_train": len(train_idx) if len(val_idx) != len(images) else len(images),
         "n_val": len(val_idx),
         "steps": total_steps,
@@ -315,22 +383,16 @@ def train_landmarks_steps(
     )
 
 
-def _validate(
-    model, stack, val_pairs, lam, ridge, match, batch_size, field_stride
-) -> tuple[float, float]:
+def _validate(model, stack, val_pairs, lam, ridge, match, field_stride) -> tuple[float, float]:
     """Mean loss and match term over fixed validation pairs, without input noise."""
     model.eval()
     totals, matches, counts = 0.0, 0.0, 0
     with torch.no_grad():
-        for src_all, tgt_all in val_pairs:
-            for b in range(0, len(src_all), batch_size):
-                src, tgt = src_all[b : b + batch_size], tgt_all[b : b + batch_size]
-                terms = _pair_loss(
-                    model, stack, src, tgt, 0.0, None, lam, ridge, match, field_stride
-                )
-                totals += float(terms.total) * len(src)
-                matches += float(terms.match) * len(src)
-                counts += len(src)
+        for src, tgt in val_pairs:
+            terms = _pair_loss(model, stack, src, tgt, 0.0, None, lam, ridge, match, field_stride)
+            totals += float(terms.total) * len(src)
+            matches += float(terms.match) * len(src)
+            counts += len(src)
     return totals / counts, matches / counts
 
 

@@ -1,0 +1,207 @@
+"""Landmark training, model files and prediction."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from labelfree.errors import InputError, ModelFileError
+from labelfree.landmarks.model import (
+    load_landmark_model,
+    predict_landmarks,
+    prepare_image,
+    save_landmark_model,
+)
+from labelfree.landmarks.regressor import LandmarkRegressor, corner_landmarks
+from labelfree.landmarks.synthetic import shepp_logan_population
+from labelfree.landmarks.train import (
+    train_from_files,
+    train_landmarks,
+    train_landmarks_steps,
+)
+from labelfree.progress import Progress
+
+SMALL = {"channels": (4, 8, 8, 16), "batch_size": 4}
+
+
+@pytest.fixture(scope="module")
+def phantoms():
+    return list(shepp_logan_population(8, size=64, seed=2).images)
+
+
+def test_regressor_starts_with_the_same_landmarks_for_every_image():
+    torch.manual_seed(1)
+    model = LandmarkRegressor(2, 6, 64, channels=(4, 8, 8, 16))
+    out = model.control_points(torch.randn(3, 1, 64, 64))
+    assert out.shape == (3, 10, 2)
+    assert out.abs().max() <= 1
+    torch.testing.assert_close(out[0], out[2])
+    torch.testing.assert_close(out[0, 6:], corner_landmarks(2))
+    assert LandmarkRegressor(3, 5, 32, fixed_corners=True, channels=(4, 4, 8)).n_fixed == 8
+
+
+def test_a_few_steps_lower_the_loss_and_are_reproducible(phantoms):
+    kwargs = dict(
+        ndim=2,
+        n_landmarks=6,
+        input_size=32,
+        epochs=6,
+        seed=3,
+        learning_rate=3e-3,
+        channels=(4, 8),
+        batch_size=4,
+    )
+    first = train_landmarks(phantoms, **kwargs)
+    assert first.history["val"][first.best_epoch - 1] < first.history["val"][0]
+    assert np.isfinite(first.history["train"]).all()
+    second = train_landmarks(phantoms, **kwargs)
+    for a, b in zip(
+        first.regressor.state_dict().values(), second.regressor.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert first.history == second.history
+
+
+def test_steps_report_progress_and_return_the_result(phantoms):
+    steps = train_landmarks_steps(
+        phantoms[:4], ndim=2, n_landmarks=4, input_size=64, epochs=2, **SMALL
+    )
+    reports = []
+    while True:
+        try:
+            reports.append(next(steps))
+        except StopIteration as stop:
+            result = stop.value
+            break
+    assert all(isinstance(r, Progress) for r in reports)
+    assert reports[-1].fraction == pytest.approx(1.0)
+    assert result.regressor.n_landmarks == 4
+    assert result.seconds > 0 and result.cpu_seconds >= 0
+
+
+def test_coincident_landmarks_train_without_nan():
+    """Every landmark starts at the same place: the ridge keeps the solve finite."""
+    images = list(shepp_logan_population(4, size=32, seed=0).images)
+    result = train_landmarks(
+        images,
+        ndim=2,
+        n_landmarks=5,
+        input_size=32,
+        epochs=2,
+        fixed_corners=True,
+        channels=(4, 8),
+        batch_size=4,
+    )
+    with torch.no_grad():
+        result.regressor.head.bias.zero_()  # all landmarks at the centre, on top of each other
+    from labelfree.landmarks.train import _pair_loss, prepare_stack
+
+    stack = prepare_stack(images, 2, 32)
+    result.regressor.train()
+    terms = _pair_loss(
+        result.regressor,
+        stack,
+        np.array([0, 1]),
+        np.array([2, 3]),
+        0.05,
+        None,
+        4e-6,
+        1e-6,
+        "mse",
+        2,
+    )
+    terms.total.backward()
+    grads = [p.grad for p in result.regressor.parameters() if p.grad is not None]
+    assert torch.isfinite(terms.total)
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize(
+    ("images", "kwargs"),
+    [
+        ([], {}),
+        ([np.zeros((64, 64))], {}),
+        ([np.zeros((64, 64))] * 3, {"n_landmarks": 300}),
+        ([np.zeros((64, 64))] * 3, {"n_landmarks": 0}),
+        ([np.zeros((64, 64))] * 3, {"ndim": 3}),
+        ([np.zeros((64, 64)), np.zeros((8, 64, 64))], {}),
+        ([np.full((64, 64), np.nan)] * 3, {}),
+    ],
+)
+def test_bad_inputs_are_input_errors(images, kwargs):
+    args = {"ndim": 2, "n_landmarks": 4, "input_size": 64, "epochs": 1, **SMALL, **kwargs}
+    with pytest.raises(InputError):
+        train_landmarks(images, **args)
+
+
+def test_model_file_round_trip_and_dimension_checks(tmp_path):
+    torch.manual_seed(0)
+    model = LandmarkRegressor(2, 5, 64, channels=(4, 8, 8, 16))
+    config = {"importance": [0.5, 0.4, 0.3, 0.2, 0.1]}
+    path = save_landmark_model(tmp_path / "m.pt", model, config, {"trained_on": "test"})
+    loaded, cfg, card = load_landmark_model(path, ndim=2)
+    assert cfg["n_landmarks"] == 5 and cfg["n_fixed"] == 4 and cfg["input_size"] == 64
+    assert cfg["importance"] == config["importance"]
+    assert card["trained_on"] == "test" and card["kind"] == "landmarks"
+    image = np.random.default_rng(0).random((70, 90)).astype(np.float32)
+    got = predict_landmarks(loaded, cfg, image)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(prepare_image(image, cfg))[None, None])[0]
+    np.testing.assert_allclose(got, expected.double().numpy(), atol=1e-6)
+    assert got.shape == (5, 2)
+    with pytest.raises(InputError):
+        load_landmark_model(path, ndim=3)
+    with pytest.raises(InputError):
+        predict_landmarks(loaded, cfg, np.zeros((10, 20, 30)))
+    with pytest.raises(ModelFileError):
+        load_landmark_model(tmp_path / "missing.pt")
+
+
+def test_prepare_image_whitens_and_resamples_corners_to_corners():
+    image = np.zeros((33, 65), np.float32)
+    image[0, 0] = 10.0
+    cfg = {"ndim": 2, "input_size": 16}
+    out = prepare_image(image, cfg)
+    assert out.shape == (16, 16)
+    assert abs(out.mean()) < 1e-5 and out.std() == pytest.approx(1, abs=1e-4)
+    assert np.unravel_index(np.argmax(out), out.shape) == (0, 0)
+    rgb = np.stack([image] * 3, axis=-1)
+    np.testing.assert_allclose(prepare_image(rgb, cfg), out, atol=1e-5)
+
+
+def test_train_from_files_writes_model_card_and_curve(tmp_path, phantoms):
+    paths = []
+    for i, image in enumerate(phantoms[:5]):
+        # Mixed sizes and spacings are resampled to the input size.
+        img = sitk.GetImageFromArray(image if i % 2 else image[:, :60])
+        img.SetSpacing((0.5, 0.5) if i % 2 else (1.0, 1.0))
+        paths.append(tmp_path / f"p{i}.nrrd")
+        sitk.WriteImage(img, str(paths[-1]))
+    out = train_from_files(
+        paths, tmp_path / "lm.pt", n_landmarks=4, epochs=2, input_size=64, device="cpu", **SMALL
+    )
+    assert out.is_file()
+    card = json.loads((tmp_path / "lm.card.json").read_text())
+    assert card["trained_on"]["n_images"] == 5
+    assert len(card["trained_on"]["spacings_xyz_mm"]) == 2
+    assert (tmp_path / "lm.loss.png").stat().st_size > 1000
+    regressor, cfg, _ = load_landmark_model(out, ndim=2)
+    assert predict_landmarks(regressor, cfg, phantoms[0]).shape == (4, 2)
+    with pytest.raises(InputError):
+        train_from_files([], tmp_path / "x.pt", n_landmarks=4)
+
+
+def test_3d_training_runs():
+    rng = np.random.default_rng(0)
+    base = np.zeros((20, 20, 20), np.float32)
+    base[5:15, 6:14, 4:16] = 1
+    vols = [np.roll(base, rng.integers(-2, 3, 3), axis=(0, 1, 2)) for _ in range(3)]
+    result = train_landmarks(
+        vols, ndim=3, n_landmarks=4, input_size=16, epochs=2, channels=(4, 8), batch_size=3
+    )
+    assert result.regressor.ndim == 3
+    assert np.isfinite(result.history["val"]).all()
