@@ -273,3 +273,36 @@ def test_shared_kernel_leave_one_out_matches_warp_image():
     for k in range(4):
         rows = [i for i in range(8) if i != k]
         assert loss_without[k] == pytest.approx(direct(rows), rel=1e-4)
+
+
+@pytest.mark.slow
+def test_top_landmarks_by_importance_register_better_than_random_ones():
+    """On a trained phantom model, the 6 most important of 12 landmarks register held-out
+    pairs better than random 6 (measured: MSE 0.27 vs 0.34; all 12: 0.24)."""
+    from labelfree.landmarks.model import prepare_image
+    from labelfree.landmarks.synthetic import shepp_logan_population
+    from labelfree.landmarks.train import train_landmarks
+
+    pop = shepp_logan_population(64, size=64, seed=0)
+    result = train_landmarks(
+        list(pop.images[:40]), ndim=2, n_landmarks=12, input_size=64, epochs=60, device="cpu"
+    )
+    reg, config = result.regressor, result.config
+    importance = landmark_importance(reg, config, list(pop.images[40:48]), n_pairs=56)
+    held_out = torch.from_numpy(np.stack([prepare_image(im, config) for im in pop.images[48:]]))
+    with torch.no_grad():
+        points = reg.control_points(held_out[:, None])
+    pairs = image_pairs(len(held_out), 120, seed=1)
+
+    def registration_mse(subset):
+        rows = [*subset, *range(12, points.shape[1])]
+        s, t = pairs[:, 0], pairs[:, 1]
+        warped = warp_image(
+            held_out[s][:, None], points[t][:, rows], points[s][:, rows], ridge=1e-6
+        )
+        return float((warped - held_out[t][:, None]).pow(2).mean())
+
+    rng = np.random.default_rng(0)
+    top = registration_mse(np.argsort(-importance, kind="stable")[:6])
+    random = np.mean([registration_mse(rng.choice(12, 6, replace=False)) for _ in range(10)])
+    assert top < random

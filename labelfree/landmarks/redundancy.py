@@ -23,6 +23,13 @@ The registration loss is the mean squared difference between the whitened
 target and the source warped by the thin-plate spline through the landmarks
 (the training match term), evaluated on a grid of ``eval_size`` pixels per
 axis.
+
+Measured on a phantom model (12 landmarks, 64 px, 60 epochs; importance from
+8 images, registration scored on 16 other images' pairs, whitened MSE):
+all 12 landmarks 0.239, corners only 0.598; keeping the top 3 / 6 / 9 by
+``"increase"`` 0.348 / 0.273 / 0.243, by ``"reference"`` 0.348 / 0.271 /
+0.245, random subsets 0.420 / 0.341 / 0.280. Both rankings work; the default
+is the one whose sign means something.
 """
 
 from __future__ import annotations
