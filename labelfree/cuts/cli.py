@@ -2,8 +2,9 @@
 
 ``segment`` writes, into ``--out DIR``:
 
-- ``level_00.nrrd`` ... one int32 label volume per granularity, coarsest
-  (fewest clusters) first, labels ``1..n`` by decreasing size;
+- ``level_00.nrrd`` ... one label volume per granularity, coarsest (fewest
+  clusters) first, labels ``1..n`` by decreasing size (stored as uint8 or
+  uint16 when the labels fit);
 - ``persistent.nrrd``: the persistent-structures map (0 = none);
 - ``kmeans.nrrd`` with ``--method kmeans``;
 - ``summary.json`` = ``{"levels": [{"file", "clusters", "persistence"}, ...],
@@ -25,6 +26,8 @@ import re
 import sys
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from labelfree.devices import DEVICE_CHOICES
 from labelfree.errors import InputError
@@ -182,8 +185,11 @@ def segment_to_folder(
     return summary
 
 
-def _write_labels(image: Image, labels, path: Path) -> None:
-    write_image(image.with_array(labels, channels=1), path)
+def _write_labels(image: Image, labels: np.ndarray, path: Path) -> None:
+    """Write a label map in the input's geometry, as the smallest unsigned type that holds it."""
+    top = int(labels.max()) if labels.size else 0
+    dtype = np.uint8 if top < 2**8 else np.uint16 if top < 2**16 else np.int32
+    write_image(image.with_array(np.ascontiguousarray(labels, dtype=dtype), channels=1), path)
 
 
 def _segment_main(args: argparse.Namespace) -> int:
