@@ -92,6 +92,7 @@ def test_detected_points_match_itk_and_round_trip_through_files(tmp_path):
     expected = _expected_lps(img, NORMALISED)
     np.testing.assert_allclose(lm.points_lps, expected, atol=1e-4)
     assert lm.names == ["LM-01", "LM-02", "LM-03", "LM-04"]
+    np.testing.assert_allclose(lm.points_ras, expected * [-1, -1, 1], atol=1e-4)
     np.testing.assert_allclose(lm.importance, [0.2, 1.0, 0.5, 0.0])
     assert lm.ranks.tolist() == [3, 1, 2, 4]
     for suffix, reader in ((".mrk.json", read_mrk_json), (".fcsv", read_fcsv), (".csv", read_csv)):
@@ -111,6 +112,7 @@ def test_2d_detection_writes_z_zero(tmp_path):
     lm = detect_landmarks(from_sitk(img), _constant_model(normalised, ndim=2, input_size=64))
     expected = _expected_lps(img, normalised)
     np.testing.assert_allclose(lm.points_lps, expected, atol=1e-4)
+    np.testing.assert_array_equal(lm.points_ras[:, 2], 0.0)
     points, _, _ = read_mrk_json(lm.write(tmp_path / "p.mrk.json"))
     np.testing.assert_allclose(points[:, :2], expected, atol=1e-4)
     np.testing.assert_array_equal(points[:, 2], 0.0)

@@ -28,9 +28,9 @@ import numpy as np
 
 from labelfree.devices import resolve_device
 from labelfree.errors import InputError, LabelFreeError
-from labelfree.io import Image, read_image
+from labelfree.io import Image, lps_to_ras, read_image
 from labelfree.landmarks.model import load_landmark_model, predict_landmarks
-from labelfree.markups import markups_format, write_landmark_table, write_markups
+from labelfree.markups import markups_format, points_as_3d, write_landmark_table, write_markups
 
 ModelLike = str | os.PathLike | tuple | None
 # Landmarks closer than this, in voxels of the network input, coincide.
@@ -67,6 +67,11 @@ class Landmarks:
 
     def __len__(self) -> int:
         return len(self.names)
+
+    @property
+    def points_ras(self) -> np.ndarray:
+        """``(K, 3)`` positions in Slicer's RAS mm (2-D points at ``S = 0``)."""
+        return lps_to_ras(points_as_3d(self.points_lps))
 
     @property
     def ranks(self) -> np.ndarray:
