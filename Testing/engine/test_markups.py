@@ -184,7 +184,10 @@ def markups_scene():
     logic = slicer.vtkSlicerMarkupsLogic()
     logic.SetMRMLApplicationLogic(app_logic)
     logic.SetMRMLScene(scene)
-    return slicer, scene, logic
+    # The markups logic keeps a raw pointer to the application logic: hold a reference
+    # for the fixture's lifetime, or garbage collection leaves it dangling (segfault).
+    yield slicer, scene, logic
+    del app_logic
 
 
 def _node_points_ras(node):
