@@ -151,7 +151,8 @@ class VolumeSegmentation:
         The primary map the caller asked for: ``"levels"``, ``"persistent"``
         or ``"kmeans"``.
     persistence : list of int
-        Diffusion steps each level lasted (larger is more stable).
+        Diffusion steps each level lasted (larger is more stable); the added
+        object-versus-background level gets one more than the largest.
     """
 
     levels: list[np.ndarray]
@@ -467,8 +468,9 @@ def segment_volume_steps(
         A scalar volume ``(z, y, x)``, a scalar 2-D image ``(y, x)`` or an RGB
         2-D image ``(y, x, 3)``, with its geometry.
     model : CutsModel, path or None
-        A loaded model, a CUTS model file, or None for the bundled default for
-        the image's channel count.
+        A CUTS model file, None for the bundled default for the image's
+        channel count, or a loaded :class:`CutsModel` (which carries no
+        normalisation: the default one for its channel count is used).
     axis : int or str
         Slicing axis; see :func:`choose_axis`. Ignored for 2-D images.
     method : {"levels", "persistent", "kmeans"}
