@@ -205,3 +205,16 @@ def test_3d_training_runs():
     )
     assert result.regressor.ndim == 3
     assert np.isfinite(result.history["val"]).all()
+
+
+def test_random_warps_are_smooth_seeded_and_keep_corners():
+    from labelfree.landmarks.train import random_warps
+
+    image = torch.rand(2, 1, 24, 24, generator=torch.Generator().manual_seed(0))
+    same = random_warps(image, 0.0)
+    torch.testing.assert_close(same, image, atol=1e-5, rtol=0)
+    a = random_warps(image, 2.0, torch.Generator().manual_seed(1))
+    b = random_warps(image, 2.0, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert (a - image).abs().mean() > 0.01
+    torch.testing.assert_close(a[..., 0, 0], image[..., 0, 0], atol=1e-5, rtol=0)

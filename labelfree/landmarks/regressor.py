@@ -19,6 +19,7 @@ import itertools
 from typing import Any
 
 import torch
+import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from labelfree.errors import InputError
@@ -58,6 +59,14 @@ class LandmarkRegressor(nn.Module):
     bias_range : float
         The last layer's bias is drawn uniformly in ``[-bias_range, bias_range]``
         (before ``tanh``).
+    head : str
+        ``"fc"``: flatten, fully connected, ``tanh`` (the reference design).
+        ``"heatmap"``: one spatial softmax per landmark on stride-4 features
+        (fused with the deepest stage for context) and its expected position
+        (soft-argmax); landmarks then move with the image content by
+        construction. Its last layer starts at zero on top of a fixed
+        Gaussian prior around a random position per landmark, so every image
+        again starts with the same landmarks.
     """
 
     def __init__(
@@ -71,6 +80,7 @@ class LandmarkRegressor(nn.Module):
         reduce: int | None = None,
         pooled: int | None = None,
         bias_range: float = 1.0,
+        head: str = "fc",
     ) -> None:
         super().__init__()
         if ndim not in (2, 3):
@@ -85,6 +95,8 @@ class LandmarkRegressor(nn.Module):
             )
         if n_landmarks < 1:
             raise InputError(f"n_landmarks must be at least 1, got {n_landmarks}.")
+        if head not in ("fc", "heatmap"):
+            raise InputError(f"Unknown regressor head {head!r}; use 'fc' or 'heatmap'.")
         self.ndim = ndim
         self.n_landmarks = n_landmarks
         self.input_size = input_size
@@ -97,7 +109,14 @@ class LandmarkRegressor(nn.Module):
             "hidden": hidden,
             "reduce": reduce,
             "pooled": pooled,
+            "head": head,
         }
+        self.head_kind = head
+        fixed = corner_landmarks(ndim) if fixed_corners else torch.zeros(0, ndim)
+        self.register_buffer("fixed", fixed)
+        if head == "heatmap":
+            self._build_heatmap(channels, reduce, bias_range)
+            return
         conv = nn.Conv2d if ndim == 2 else nn.Conv3d
         pool = nn.AdaptiveAvgPool2d if ndim == 2 else nn.AdaptiveAvgPool3d
         layers: list[nn.Module] = []
@@ -116,8 +135,42 @@ class LandmarkRegressor(nn.Module):
                 nn.init.zeros_(module.bias)
         nn.init.zeros_(self.head.weight)
         nn.init.uniform_(self.head.bias, -bias_range, bias_range)
-        fixed = corner_landmarks(ndim) if fixed_corners else torch.zeros(0, ndim)
-        self.register_buffer("fixed", fixed)
+
+    def _build_heatmap(self, channels: tuple[int, ...], reduce: int, bias_range: float) -> None:
+        conv = nn.Conv2d if self.ndim == 2 else nn.Conv3d
+        stages = []
+        c_in = 1
+        for c_out in channels:
+            stages.append(
+                nn.Sequential(
+                    conv(c_in, c_out, 3, stride=2, padding=1),
+                    nn.ReLU(inplace=True),
+                    conv(c_out, c_out, 3, padding=1),
+                    nn.ReLU(inplace=True),
+                )
+            )
+            c_in = c_out
+        self.stages = nn.ModuleList(stages)
+        self.lateral = nn.Sequential(conv(c_in, reduce, 1), nn.ReLU(inplace=True))
+        self.fuse = nn.Sequential(
+            conv(channels[1] + reduce, 32, 3, padding=1), nn.ReLU(inplace=True)
+        )
+        self.heatmap = conv(32, self.n_landmarks, 1)
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Conv3d)):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+        nn.init.zeros_(self.heatmap.weight)
+        res = self.input_size // 4
+        # Feature pixel j of a stride-4 map sits on input pixel 4 j.
+        axes = [4 * torch.arange(res, dtype=torch.float32) * 2 / (self.input_size - 1) - 1]
+        grid = torch.stack(torch.meshgrid(*(axes * self.ndim), indexing="ij")[::-1], dim=-1)
+        self.register_buffer("positions", grid.reshape(-1, self.ndim))
+        centres = torch.tanh(
+            torch.empty(self.n_landmarks, self.ndim).uniform_(-bias_range, bias_range)
+        )
+        dist2 = (self.positions[None] - centres[:, None]).pow(2).sum(-1)
+        self.register_buffer("prior", -dist2 / (2 * 0.1**2))
 
     @property
     def n_fixed(self) -> int:
@@ -147,8 +200,26 @@ class LandmarkRegressor(nn.Module):
                 f"The regressor expects (batch, {', '.join(map(str, expected))}) inputs, "
                 f"got {tuple(image.shape)}; resample with labelfree.landmarks.model.prepare_image."
             )
+        if self.head_kind == "heatmap":
+            return self._soft_argmax(image)
         out = self.head(self.fc(self.features(image)))
         return torch.tanh(out).view(image.shape[0], self.n_landmarks, self.ndim)
+
+    def _soft_argmax(self, image: torch.Tensor) -> torch.Tensor:
+        x = image
+        taps = []
+        for stage in self.stages:
+            x = stage(x)
+            taps.append(x)
+        fine = taps[1]
+        mode = "bilinear" if self.ndim == 2 else "trilinear"
+        context = F.interpolate(
+            self.lateral(x), size=fine.shape[2:], mode=mode, align_corners=False
+        )
+        logits = self.heatmap(self.fuse(torch.cat([fine, context], dim=1)))
+        logits = logits.flatten(2) + self.prior
+        weights = torch.softmax(logits, dim=-1)
+        return weights @ self.positions
 
     def control_points(self, image: torch.Tensor) -> torch.Tensor:
         """Learned landmarks followed by the fixed corners, ``(B, K + n_fixed, ndim)``."""

@@ -214,6 +214,7 @@ def train_landmarks_steps(
     channels: Sequence[int] | None = None,
     field_stride: int | None = None,
     augment_px: float = 2.0,
+    head: str = "fc",
 ) -> Generator[Progress, None, TrainResult]:
     """Train a landmark regressor, step by step.
 
@@ -292,7 +293,12 @@ def train_landmarks_steps(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LandmarkRegressor(
-            ndim, n_landmarks, input_size, fixed_corners, channels=tuple(channels or ()) or None
+            ndim,
+            n_landmarks,
+            input_size,
+            fixed_corners,
+            channels=tuple(channels or ()) or None,
+            head=head,
         ).to(torch_device)
     noise_gen = torch.Generator().manual_seed(seed + 1)
     val_gen = np.random.default_rng(seed + 2)
@@ -366,6 +372,7 @@ def train_landmarks_steps(
         "match": match,
         "field_stride": field_stride,
         "augment_px": augment_px,
+        "head": head,
         "n_train": len(train_idx) if len(val_idx) != len(images) else len(images),
         "n_val": len(val_idx),
         "steps": total_steps,
