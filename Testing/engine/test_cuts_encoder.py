@@ -12,7 +12,7 @@ from labelfree.cuts.model import CutsModel, load_cuts_model, model_config, save_
 from labelfree.cuts.normalise import check_finite_and_nonconstant, default_normalisation, normalise
 from labelfree.errors import InputError, LabelFreeError, ModelFileError
 from labelfree.io import Image
-from labelfree.modelfile import ModelFile, save_model
+from labelfree.modelfile import ModelFile, bundled_model_path, save_model
 
 
 def image_2d(array: np.ndarray, channels: int = 1) -> Image:
@@ -169,3 +169,18 @@ def test_model_file_round_trip_and_refusals(tmp_path):
         load_cuts_model(broken)
     with pytest.raises(LabelFreeError, match="channels"):
         load_cuts_model(None, channels=2)
+
+
+@pytest.mark.parametrize("channels, name", [(1, "cuts_mr.pt"), (3, "cuts_rgb.pt")])
+def test_bundled_default_models(channels, name):
+    model, config, card = load_cuts_model(None, channels=channels)
+    assert model.in_channels == channels == config["in_channels"] == card["input_channels"]
+    assert card["kind"] == "cuts" and card["training_data"]
+    assert card["best_losses"]["val_reconstruction"] < card["initial_losses"]["val_reconstruction"]
+    path = bundled_model_path(name)
+    assert path.stat().st_size < 2_000_000
+    slices = np.random.default_rng(0).uniform(-1, 1, (1, channels, 24, 24)).astype(np.float32)
+    emb = next(embed_slices(model, slices))
+    assert emb.shape == (24, 24, 128) and np.isfinite(emb).all()
+    with pytest.raises(InputError, match="grayscale" if channels == 3 else "RGB"):
+        load_cuts_model(path, channels=4 - channels)
