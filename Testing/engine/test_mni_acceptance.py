@@ -16,9 +16,9 @@ checks that labels are consistent across slices.
 Thresholds (brain 0.90, GM 0.80, WM 0.80 at one level) sit just below what
 the best intensity cut-off reaches on this smooth template (WM 0.88, GM 0.87)
 and above what a wrong segmentation gets: the brain mask itself scores GM
-0.77 / WM 0.54. Measured with the bundled encoder (40 epochs): whole volume
-brain 0.96 (2 clusters), GM 0.86 / WM 0.85 (3 clusters: background, GM, WM);
-the 16 strided slices brain 0.95, GM 0.86 / WM 0.89.
+0.77 / WM 0.54. Measured with the bundled encoder: whole volume brain 0.96
+(2-3 clusters), GM 0.85 / WM 0.91 (14 clusters); the 16 strided slices brain
+0.95, GM 0.85 / WM 0.91 (11 clusters).
 """
 
 from __future__ import annotations
