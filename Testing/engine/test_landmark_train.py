@@ -33,15 +33,18 @@ def phantoms():
     return list(shepp_logan_population(8, size=64, seed=2).images)
 
 
-def test_regressor_starts_with_the_same_landmarks_for_every_image():
+@pytest.mark.parametrize("head", ["fc", "heatmap"])
+def test_regressor_starts_with_the_same_landmarks_for_every_image(head):
     torch.manual_seed(1)
-    model = LandmarkRegressor(2, 6, 64, channels=(4, 8, 8, 16))
+    model = LandmarkRegressor(2, 6, 64, channels=(4, 8, 8, 16), head=head)
     out = model.control_points(torch.randn(3, 1, 64, 64))
     assert out.shape == (3, 10, 2)
     assert out.abs().max() <= 1
     torch.testing.assert_close(out[0], out[2])
     torch.testing.assert_close(out[0, 6:], corner_landmarks(2))
-    assert LandmarkRegressor(3, 5, 32, fixed_corners=True, channels=(4, 4, 8)).n_fixed == 8
+    assert (out[0, :6] - out[0, :6].mean(0)).abs().max() > 0.05  # spread, not coincident
+    model3 = LandmarkRegressor(3, 5, 32, fixed_corners=True, channels=(4, 4, 8), head=head)
+    assert model3.control_points(torch.randn(2, 1, 32, 32, 32)).shape == (2, 13, 3)
 
 
 def test_a_few_steps_lower_the_loss_and_are_reproducible(phantoms):
@@ -195,13 +198,21 @@ def test_train_from_files_writes_model_card_and_curve(tmp_path, phantoms):
         train_from_files([], tmp_path / "x.pt", n_landmarks=4)
 
 
-def test_3d_training_runs():
+@pytest.mark.parametrize("head", ["fc", "heatmap"])
+def test_3d_training_runs(head):
     rng = np.random.default_rng(0)
     base = np.zeros((20, 20, 20), np.float32)
     base[5:15, 6:14, 4:16] = 1
     vols = [np.roll(base, rng.integers(-2, 3, 3), axis=(0, 1, 2)) for _ in range(3)]
     result = train_landmarks(
-        vols, ndim=3, n_landmarks=4, input_size=16, epochs=2, channels=(4, 8), batch_size=3
+        vols,
+        ndim=3,
+        n_landmarks=4,
+        input_size=16,
+        epochs=2,
+        channels=(4, 8),
+        batch_size=3,
+        head=head,
     )
     assert result.regressor.ndim == 3
     assert np.isfinite(result.history["val"]).all()
@@ -218,3 +229,15 @@ def test_random_warps_are_smooth_seeded_and_keep_corners():
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert (a - image).abs().mean() > 0.01
     torch.testing.assert_close(a[..., 0, 0], image[..., 0, 0], atol=1e-5, rtol=0)
+
+
+def test_heatmap_model_round_trips(tmp_path):
+    torch.manual_seed(0)
+    model = LandmarkRegressor(2, 5, 64, channels=(4, 8, 8, 16), head="heatmap")
+    path = save_landmark_model(tmp_path / "h.pt", model)
+    loaded, cfg, _ = load_landmark_model(path, ndim=2)
+    assert cfg["network"]["head"] == "heatmap"
+    image = np.random.default_rng(1).random((64, 64)).astype(np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(prepare_image(image, cfg))[None, None])[0]
+    np.testing.assert_allclose(predict_landmarks(loaded, cfg, image), expected.numpy(), atol=1e-6)
