@@ -11,10 +11,15 @@ Shapes
 - :func:`embed_slices` yields one ``(H, W, embed_dim)`` float32 array per slice,
   in order, so a volume never needs all its embeddings in memory at once.
 
-Speed (2-core AMD EPYC, AVX2, torch 2.13 CPU, a 233 x 189 MNI slice, batch 8):
-see :data:`MEASURED`. bf16 autocast is off by default: this CPU has no native
-bf16, where it is several times slower; on CPUs with native bf16 (AVX512-BF16 /
-AMX) or CUDA it can be switched on with ``bf16=True`` (or ``"auto"``).
+Speed and bf16 (measured with the bundled ``cuts_mr.pt`` on one thread of a
+shared 2-core AMD EPYC with AVX2 and no native bf16, torch 2.13): a whole
+233 x 197 MNI slice takes about 0.5 s in fp32 (BatchNorm folded into the
+convolutions: 10-15 % faster than the module; channels-last memory format was
+slower). bf16 autocast on 64 x 64 crops was 330x *slower* than fp32 (emulated
+bf16), with 0.3 % relative L2 difference of the embeddings and 99.1-99.8 % of
+pixels keeping their 4-means cluster. So bf16 is off by default; ``bf16=True``
+forces it and ``"auto"`` uses it only where the device runs bf16 natively
+(CUDA, or CPUs with AVX512-BF16 / AMX), where it should pay off.
 """
 
 from __future__ import annotations
@@ -24,15 +29,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F  # noqa: N812 -- the universal torch idiom
 
-from labelfree.cuts.encoder import RECEPTIVE_FIELD
+from labelfree.cuts.encoder import KERNEL, NEGATIVE_SLOPE, RECEPTIVE_FIELD
 from labelfree.cuts.model import CutsModel
 from labelfree.cuts.normalise import normalise
 from labelfree.devices import resolve_device
 from labelfree.errors import InputError
 from labelfree.io import Image
-
-MEASURED = "filled in below"
 
 
 def check_slice_size(height: int, width: int) -> None:
@@ -121,7 +125,8 @@ def embed_slices(
     Parameters
     ----------
     model : CutsModel
-        A trained model; it is not modified (a copy runs on other devices).
+        A trained model (not modified). Its BatchNorm is folded into the
+        convolutions with the running statistics, i.e. eval-mode behaviour.
     slices : ndarray
         ``(S, C, H, W)`` float32 normalised slices, e.g. from :func:`prepare_slices`.
     device : str or torch.device
@@ -152,24 +157,36 @@ def embed_slices(
         raise InputError("The slices hold NaN or infinite values; normalise them first.")
     device = resolve_device(device) if isinstance(device, str) else device
     use_bf16 = bf16_supported(device) if bf16 == "auto" else bool(bf16)
-    net = model if device.type == "cpu" else _copy_to(model, device)
-    was_training = net.training
-    net.eval()
-    try:
-        for start in range(0, len(slices), max(1, int(batch_size))):
-            batch = torch.from_numpy(np.ascontiguousarray(slices[start : start + batch_size]))
-            with (
-                torch.inference_mode(),
-                torch.autocast(device.type, torch.bfloat16, enabled=use_bf16),
-            ):
-                out = net(batch.to(device, torch.float32))
-            out = out.float().permute(0, 2, 3, 1).contiguous().cpu().numpy()
-            yield from out
-    finally:
-        net.train(was_training)
+    layers = [(w.to(device), b.to(device)) for w, b in folded_layers(model)]
+    for start in range(0, len(slices), max(1, int(batch_size))):
+        batch = torch.from_numpy(np.ascontiguousarray(slices[start : start + batch_size]))
+        with (
+            torch.inference_mode(),
+            torch.autocast(device.type, torch.bfloat16, enabled=use_bf16),
+        ):
+            out = _run_folded(layers, batch.to(device, torch.float32))
+        out = out.float().permute(0, 2, 3, 1).contiguous().cpu().numpy()
+        yield from out
 
 
-def _copy_to(model: CutsModel, device: torch.device) -> CutsModel:
-    copy = CutsModel(model.in_channels, model.embed_dim)
-    copy.load_state_dict(model.state_dict())
-    return copy.to(device)
+def folded_layers(model: CutsModel) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The encoder's convolutions with its eval-mode BatchNorm folded in: ``[(weight, bias)]``.
+
+    Inference only (running statistics); about 10-15 % faster than the module on a CPU.
+    """
+    layers = []
+    with torch.no_grad():
+        for conv, norm, _ in model.encoder.blocks:
+            scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+            weight = conv.weight * scale[:, None, None, None]
+            bias = (conv.bias - norm.running_mean) * scale + norm.bias
+            layers.append((weight.detach().clone(), bias.detach().clone()))
+    return layers
+
+
+def _run_folded(layers: list[tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor) -> torch.Tensor:
+    pad = KERNEL // 2
+    for weight, bias in layers:
+        x = F.conv2d(F.pad(x, (pad, pad, pad, pad), mode="replicate"), weight, bias)
+        x = F.leaky_relu_(x, NEGATIVE_SLOPE)
+    return x

@@ -28,13 +28,14 @@ KERNEL = 5
 WIDTHS = (16, 32, 64)
 RECEPTIVE_FIELD = 1 + len(WIDTHS + (0,)) * (KERNEL - 1)  # 17 pixels
 PATCH = 5  # side of the reconstructed patch, pixels
+NEGATIVE_SLOPE = 0.01
 
 
 def _block(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, KERNEL, padding=0),
         nn.BatchNorm2d(out_channels),
-        nn.LeakyReLU(0.01),
+        nn.LeakyReLU(NEGATIVE_SLOPE),
     )
 
 
@@ -109,7 +110,7 @@ class PatchHead(nn.Module):
         self.patch = int(patch)
         size = self.out_channels * self.patch**2
         self.mlp = nn.Sequential(
-            nn.Linear(embed_dim, size), nn.LeakyReLU(0.01), nn.Linear(size, size)
+            nn.Linear(embed_dim, size), nn.LeakyReLU(NEGATIVE_SLOPE), nn.Linear(size, size)
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
