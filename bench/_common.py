@@ -150,7 +150,11 @@ def cuts_model(channels: int, path: str | None = None, epochs: int = 4):
     try:
         model, config, card = load_cuts_model(path, channels)
         where = path or "bundled default"
-        return model, config, f"CUTS model: {where} ({card.get('trained_on', 'see its card')})"
+        data = card.get("training_data") or card.get("trained_on") or "see its card"
+        if isinstance(data, list):
+            data = ", ".join(str(d.get("file", d)) if isinstance(d, dict) else str(d) for d in data)
+        epochs = (card.get("parameters") or {}).get("epochs", "?")
+        return model, config, f"CUTS model: {where} (trained on {data}, {epochs} epochs)"
     except ModelFileError as error:
         if path is not None:
             raise
