@@ -152,3 +152,23 @@ def test_train_from_files_writes_model_card_and_plot(tmp_path, camera):
     with pytest.raises(LabelFreeError, match="not found"):
         train_from_files([tmp_path / "missing.nrrd"], tmp_path / "x.pt", epochs=1)
     assert not (tmp_path / "x.pt").exists()
+
+
+@pytest.mark.parametrize("crop", [24, None])
+def test_dense_crop_modes_train_on_images_of_different_sizes(crop):
+    rng = np.random.default_rng(0)
+    images = [rng.random((30, 30)), rng.random((34, 40))]
+    result = train_cuts(
+        images, in_channels=1, epochs=1, crop=crop, batch_size=2, samples_per_epoch=4
+    )
+    assert result.slices == {"train": 1, "validation": 1, "skipped_constant": 0}
+    assert np.isfinite(list(result.history[0].values())).all()
+    assert result.config["training"]["crop"] == crop
+
+
+def test_slice_axis_is_the_coarsest_spaced_one():
+    from labelfree.cuts.train import _slice_axis
+
+    assert _slice_axis((0.8, 0.8, 5.0)) == 0  # ITK (x, y, z): thick axial slices -> numpy z
+    assert _slice_axis((4.0, 1.0, 1.0)) == 2  # coarse x -> numpy axis 2
+    assert _slice_axis((1.0, 1.0, 1.0)) == 0
