@@ -64,6 +64,10 @@ def test_normalise_percentile_and_rgb():
     assert np.median(out) == pytest.approx(0.0, abs=0.05)
     rgb = rng.integers(0, 256, (20, 20, 3)).astype(np.uint8)
     np.testing.assert_allclose(normalise(rgb, default_normalisation(3)), rgb / 127.5 - 1, atol=1e-6)
+    rgb16 = rgb.astype(np.uint16) * 257  # the same photograph saved with 16 bits
+    np.testing.assert_allclose(
+        normalise(rgb16, default_normalisation(3)), rgb / 127.5 - 1, atol=1e-5
+    )
     win = normalise(
         np.array([-2000.0, 0.0, 3000.0]), {"method": "window", "low": -1000, "high": 1000}
     )

@@ -12,7 +12,8 @@ model always sees images scaled the way it was trained:
 ``{"method": "window", "low": a, "high": b}``
     Fixed window (e.g. CT Hounsfield units): ``a -> -1``, ``b -> 1``, clipped.
 ``{"method": "rgb", "max": 255}``
-    RGB ``(..., 3)``: ``x / max * 2 - 1`` (8-bit photographs, as the reference).
+    RGB ``(..., 3)``: ``x / max * 2 - 1`` (8-bit photographs, as the reference;
+    a 16-bit ``uint16`` photograph with values above ``max`` is scaled by 65535).
 """
 
 from __future__ import annotations
@@ -127,6 +128,8 @@ def normalise(array: np.ndarray, normalisation: dict[str, Any]) -> np.ndarray:
             raise InputError(f"Window {lo}..{hi} is empty; give low < high.")
     elif method == "rgb":
         lo, hi = 0.0, float(normalisation.get("max", 255.0))
+        if array.dtype == np.uint16 and array.max() > hi:  # 16-bit photograph: same [0, 1] scale
+            hi = 65535.0
     else:
         raise InputError(
             f"Unknown normalisation {normalisation!r}; use method 'percentile', 'window' or 'rgb'."
