@@ -339,3 +339,17 @@ def test_gpu_node_assigner_matches_the_numpy_rule():
         got = _NodeAssigner(hierarchy, torch.device("cpu"))(fresh)
         assert got.shape == expected.shape
         assert np.mean(got == expected) > 0.995  # float32 rounding may flip near-ties
+
+
+def test_tiling_large_slices_changes_memory_not_labels(grey_model):
+    plane = smooth_volume(depth=1, size=90)[0]
+    image = Image(plane, (1.0, 1.0), (0.0, 0.0), np.eye(2))
+    whole = segment_volume(image, grey_model, seed=1, **FAST)
+    tiled = segment_volume(image, grey_model, seed=1, tile_pixels=4096, **FAST)
+    volume = oblique(smooth_volume(depth=5, size=70))
+    whole_3d = segment_volume(volume, grey_model, seed=1, **FAST)
+    tiled_3d = segment_volume(volume, grey_model, seed=1, tile_pixels=4096, cache_bytes=0, **FAST)
+    for a, b in [(whole, tiled), (whole_3d, tiled_3d)]:
+        assert a.n_clusters == b.n_clusters
+        for x, y in zip(a.levels, b.levels, strict=True):
+            np.testing.assert_array_equal(x, y)

@@ -232,6 +232,7 @@ def estimate_memory(
     embed_dim: int = 128,
     pool_slices: int = 16,
     cache_bytes: int = 256 * 1024**2,
+    tile_pixels: int = 2**19,
 ) -> int:
     """Predicted peak memory of :func:`segment_volume_steps`, in bytes.
 
@@ -245,7 +246,7 @@ def estimate_memory(
         ``(z, y, x)`` or ``(y, x)``.
     channels : int
         1 or 3.
-    axis, batch_size, max_levels, embed_dim, pool_slices, cache_bytes
+    axis, batch_size, max_levels, embed_dim, pool_slices, cache_bytes, tile_pixels
         As for :func:`segment_volume_steps`.
 
     Returns
@@ -259,7 +260,7 @@ def estimate_memory(
     batch = min(int(batch_size), shape[axis] if len(shape) == 3 else 1)
     # Encoder: output (embed_dim) plus padded intermediates (16 + 32 + 64) and the
     # channels-last copy handed back: about 2.5 x the output, float32.
-    per_batch = int(2.5 * batch * plane * embed_dim * 4)
+    per_batch = int(2.5 * min(batch * plane, int(tile_pixels)) * embed_dim * 4)
     maps = voxels * 4 * (max_levels + 2)
     inputs = voxels * channels * 4 * 2  # raw float32 copy and normalised slices
     nodes = voxels * 2
@@ -454,6 +455,7 @@ def segment_volume_steps(
     pool_size: int = 32768,
     pool_slices: int = 16,
     cache_bytes: int = 256 * 1024**2,
+    tile_pixels: int = 2**19,
     max_memory: int | None = None,
     normalize: bool = False,
 ) -> Generator[Progress, None, VolumeSegmentation]:
@@ -494,6 +496,11 @@ def segment_volume_steps(
         Slices the pool is drawn from, spread evenly over the volume.
     cache_bytes : int
         Memory for keeping the pool slices' embeddings between the passes.
+    tile_pixels : int
+        Most pixels per encoder pass (all slices of a batch together); larger
+        slices are embedded in tiles with an 8-pixel halo, which gives the
+        same embeddings with bounded memory (2**19 pixels: 256 MiB of
+        embeddings).
     max_memory : int, optional
         Refuse inputs predicted to need more bytes than this (default: the
         memory available now).
@@ -530,8 +537,18 @@ def segment_volume_steps(
             f"{RECEPTIVE_FIELD} x {RECEPTIVE_FIELD} (its receptive field). Use a larger image"
             + (" or slice along another axis." if image.ndim == 3 else ".")
         )
+    if int(tile_pixels) < 4096:
+        raise InputError("tile_pixels must be at least 4096 (64 x 64 pixels).")
     batch_size = _fit_batch(
-        shape, image.channels, axis_np, batch_size, max_levels, pool_slices, cache_bytes, max_memory
+        shape,
+        image.channels,
+        axis_np,
+        batch_size,
+        max_levels,
+        pool_slices,
+        cache_bytes,
+        tile_pixels,
+        max_memory,
     )
     yield Progress(0.0, "Loading the model")
     net, config, card = _load_model(model, image.channels)
@@ -550,27 +567,32 @@ def segment_volume_steps(
     pool_ids = _pool_indices(boxes, int(pool_slices))
     weights = np.array([np.count_nonzero(content[i]) for i in pool_ids], dtype=np.float64)
     quota = _quotas(weights, int(pool_size))
-    cache: dict[int, np.ndarray] = {}
+    cache: dict[int, list[tuple[tuple[slice, slice], np.ndarray]]] = {}
     cached = 0
     pool_parts = []
     t0 = time.perf_counter()
     for done, index in enumerate(pool_ids):
-        rows, cols = boxes[index]
-        emb = next(
-            embed_slices(
-                net,
-                slices[index : index + 1, :, rows, cols],
-                device=torch_device,
-                batch_size=1,
-                bf16=bf16,
-            )
-        )
-        inside = emb[content[index, rows, cols]]
-        take = rng.choice(inside.shape[0], size=min(quota[done], inside.shape[0]), replace=False)
-        pool_parts.append(inside[np.sort(take)])
-        if cached + emb.nbytes <= cache_bytes:
-            cache[index] = emb
-            cached += emb.nbytes
+        box = boxes[index]
+        inside = content[index][box]
+        chosen = np.zeros(inside.shape, dtype=bool)
+        positions = np.flatnonzero(inside)
+        take = rng.choice(positions.size, size=min(quota[done], positions.size), replace=False)
+        chosen.flat[positions[take]] = True
+        chosen_full = np.zeros(content.shape[1:], dtype=bool)
+        chosen_full[box] = chosen
+        keep_tiles = cached + _area(box) * net.embed_dim * 4 <= cache_bytes
+        order, parts, tiles = [], [], []
+        for core, embs in _embed_tiles(net, slices, [index], box, tile_pixels, torch_device, bf16):
+            rr, cc = np.nonzero(chosen_full[core])
+            order.append((rr + core[0].start) * content.shape[2] + cc + core[1].start)
+            parts.append(embs[0][rr, cc])
+            if keep_tiles:
+                tiles.append((core, embs[0]))
+                cached += embs[0].nbytes
+        if keep_tiles:
+            cache[index] = tiles
+        # Raster order of the slice however it was tiled, so that tiling never changes results.
+        pool_parts.append(np.concatenate(parts)[np.argsort(np.concatenate(order))])
         yield Progress(0.3 * (done + 1) / len(pool_ids), f"Embedding pool slice {done + 1}")
     pool = np.concatenate(pool_parts)
     del pool_parts
@@ -604,25 +626,20 @@ def segment_volume_steps(
     nodes = np.full(content.shape, n_nodes, dtype=node_dtype)
     assign_seconds = 0.0
     todo = _batches([None if i in cache else b for i, b in enumerate(boxes)], batch_size)
-    for index, emb in cache.items():
+    for index, tiles in cache.items():
         t0 = time.perf_counter()
-        _assign_slice(nodes[index], content[index], boxes[index], emb, assign)
+        for core, emb in tiles:
+            _assign_slice(nodes[index], content[index], core, emb, assign)
         assign_seconds += time.perf_counter() - t0
     cache.clear()
     total = max(len(todo), 1)
     for done, group in enumerate(todo):
         box = _union([boxes[i] for i in group])
         t0 = time.perf_counter()
-        embedded = embed_slices(
-            net,
-            slices[group[0] : group[-1] + 1, :, box[0], box[1]],
-            device=torch_device,
-            batch_size=len(group),
-            bf16=bf16,
-        )
-        for index, emb in zip(group, embedded, strict=True):
+        for core, embs in _embed_tiles(net, slices, group, box, tile_pixels, torch_device, bf16):
             t1 = time.perf_counter()
-            _assign_slice(nodes[index], content[index], box, emb, assign)
+            for index, emb in zip(group, embs, strict=True):
+                _assign_slice(nodes[index], content[index], core, emb, assign)
             assign_seconds += time.perf_counter() - t1
         seconds["embed"] += time.perf_counter() - t0
         yield Progress(0.35 + 0.6 * (done + 1) / total, f"Labelling slices ({done + 1}/{total})")
@@ -686,6 +703,7 @@ def _fit_batch(
     max_levels: int,
     pool_slices: int,
     cache_bytes: int,
+    tile_pixels: int,
     max_memory: int | None,
 ) -> int:
     """The largest batch size up to ``batch_size`` that fits; refuse if none does."""
@@ -702,6 +720,7 @@ def _fit_batch(
             max_levels=max_levels,
             pool_slices=pool_slices,
             cache_bytes=cache_bytes,
+            tile_pixels=tile_pixels,
         )
         if need <= limit:
             return batch
@@ -768,6 +787,60 @@ class _NodeAssigner:
             score = torch.addmm(self.half_sq, x, self.nodes_t, alpha=-1.0)
             out[start : start + self.block] = score.argmin(dim=1).cpu()
         return out.numpy().astype(np.int32)
+
+
+def _split(start: int, stop: int, side: int) -> list[tuple[int, int]]:
+    count = -(-(stop - start) // side)
+    edges = np.linspace(start, stop, count + 1).round().astype(int)
+    return list(zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True))
+
+
+def _embed_tiles(
+    net: CutsModel,
+    slices: np.ndarray,
+    group: list[int],
+    box: tuple[slice, slice],
+    tile_pixels: int,
+    device: torch.device,
+    bf16: bool,
+):
+    """Embeddings of ``box`` in consecutive ``slices[group]``, a tile at a time.
+
+    Yields ``(core, embeddings)``: ``core`` a part of ``box`` and
+    ``embeddings`` a list (one per slice of ``group``) of ``(h, w, D)``
+    arrays for it. A box of at most ``tile_pixels`` per batch is one tile.
+    Larger boxes are cut into cores, each embedded from a window grown by the
+    8-pixel halo (clamped to the image), so every core pixel sees exactly the
+    neighbourhood it has in the whole image: tiling changes memory, not results.
+    """
+    first, last = group[0], group[-1] + 1
+    budget = max(int(tile_pixels) // len(group), 1)
+    if _area(box) <= budget:
+        tiles = [(box, box)]
+    else:
+        side = max(int(np.sqrt(budget)) - 2 * HALO, 2 * RECEPTIVE_FIELD)
+        height, width = slices.shape[2:]
+        tiles = []
+        for r0, r1 in _split(box[0].start, box[0].stop, side):
+            for c0, c1 in _split(box[1].start, box[1].stop, side):
+                window = (
+                    slice(max(r0 - HALO, 0), min(r1 + HALO, height)),
+                    slice(max(c0 - HALO, 0), min(c1 + HALO, width)),
+                )
+                tiles.append(((slice(r0, r1), slice(c0, c1)), window))
+    for core, window in tiles:
+        embs = embed_slices(
+            net,
+            slices[first:last, :, window[0], window[1]],
+            device=device,
+            batch_size=last - first,
+            bf16=bf16,
+        )
+        inner = (
+            slice(core[0].start - window[0].start, core[0].stop - window[0].start),
+            slice(core[1].start - window[1].start, core[1].stop - window[1].start),
+        )
+        yield core, [np.ascontiguousarray(emb[inner]) for emb in embs]
 
 
 def _assign_slice(
