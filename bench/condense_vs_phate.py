@@ -10,7 +10,8 @@ skimage's retina photograph with ``--skip`` given no pairs) the CUTS encoder emb
   numpy 1.26; built by bench/reference_env.sh on first use),
 
 each in a fresh subprocess, one after the other, so that wall time and peak resident memory
-are each process's own, both with one BLAS thread (``--blas-threads``; on this shared machine
+are each process's own (wall and CPU seconds: CPU time is the steadier measure on a loaded
+machine), both with one BLAS thread (``--blas-threads``; on this shared machine
 the reference ran 2.5x faster with one than with its default). A reference run is stopped past
 ``--ref-max-gb`` resident or ``--ref-max-s`` seconds; its ratios are then lower bounds ("> "). Printed per image: wall time and speed-up, peak RSS (whole process)
 and the RSS the call added (peak minus the resident memory just before it) with their ratios,
@@ -57,16 +58,19 @@ def worker(latents_path: str, out_path: str, seed: int) -> int:
 
     latents = np.load(latents_path)
     base = current_rss_mb()
+    cpu = time.process_time()
     start = time.perf_counter()
     hierarchy = condense(latents, seed=seed)
     levels = np.stack(hierarchy.levels).astype(np.int32)
     seconds = time.perf_counter() - start
+    cpu_seconds = time.process_time() - cpu
     peak = peak_rss_mb()
     np.savez(
         out_path,
         labels=levels,
         clusters=np.array(hierarchy.n_clusters, dtype=np.int32),
         seconds=seconds,
+        cpu_seconds=cpu_seconds,
         peak_rss_mb=peak,
         delta_rss_mb=peak - base,
     )
@@ -100,6 +104,16 @@ def images(names: list[str], sizes: list[int]):
             yield name, size, image.astype(np.float32), truths
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a running process (Linux /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 def _rss_mb(pid: int) -> float:
     try:
         with open(f"/proc/{pid}/status") as handle:
@@ -127,12 +141,14 @@ def run(
         peak = max(peak, _rss_mb(proc.pid))
         elapsed = time.perf_counter() - start
         if peak > max_mb or elapsed > max_s:
+            cpu = _cpu_seconds(proc.pid)
             proc.kill()
             proc.wait()
             why = f"memory > {max_mb:.0f} MiB" if peak > max_mb else f"time > {max_s:.0f} s"
             return {
                 "stopped": why,
                 "seconds": elapsed,
+                "cpu_seconds": cpu,
                 "peak_rss_mb": peak,
                 "delta_rss_mb": float("nan"),  # no baseline seen from outside
             }
@@ -226,6 +242,7 @@ def main() -> int:
         entry = {
             "image": f"{name} {size}x{size}",
             "ours_s": float(ours["seconds"]),
+            "ours_cpu_s": float(ours["cpu_seconds"]),
             "ours_peak": float(ours["peak_rss_mb"]),
             "ours_delta": float(ours["delta_rss_mb"]),
             "ours_clusters": [int(c) for c in ours["clusters"]],
@@ -248,6 +265,7 @@ def main() -> int:
             )
             entry.update(
                 ref_s=float(ref["seconds"]),
+                ref_cpu_s=float(ref["cpu_seconds"]),
                 ref_peak=float(ref["peak_rss_mb"]),
                 ref_delta=float(ref["delta_rss_mb"]),
             )
@@ -268,7 +286,12 @@ def main() -> int:
         print(json.dumps(entry))
 
         at_least = "> " if "ref_stopped" in entry else ""  # the reference was stopped early
-        speed = f"{at_least}{entry['ref_s'] / entry['ours_s']:.0f}x" if ref_python else "-"
+        speed = (
+            f"{at_least}{entry['ref_s'] / entry['ours_s']:.0f}x / "
+            f"{at_least}{entry['ref_cpu_s'] / entry['ours_cpu_s']:.0f}x"
+            if ref_python
+            else "-"
+        )
         mem = (
             f"{at_least}{entry['ref_peak'] / entry['ours_peak']:.1f}x / "
             f"{at_least}{entry['ref_delta'] / max(entry['ours_delta'], 1.0):.0f}x"
@@ -278,8 +301,8 @@ def main() -> int:
         rows.append(
             [
                 entry["image"],
-                f"{entry.get('ref_s', float('nan')):.1f}",
-                f"{entry['ours_s']:.2f}",
+                f"{entry.get('ref_s', float('nan')):.1f} / {entry.get('ref_cpu_s', float('nan')):.1f}",
+                f"{entry['ours_s']:.2f} / {entry['ours_cpu_s']:.2f}",
                 speed,
                 f"{entry.get('ref_peak', float('nan')):.0f} / {entry.get('ref_delta', float('nan')):.0f}",
                 f"{entry['ours_peak']:.0f} / {entry['ours_delta']:.0f}",
@@ -307,9 +330,9 @@ def main() -> int:
 
     header = [
         "latents",
-        "reference s",
-        "ours s",
-        "speed-up",
+        "reference s wall / CPU",
+        "ours s wall / CPU",
+        "speed-up wall / CPU",
         "reference MiB peak / added",
         "ours MiB peak / added",
         "memory ratio peak / added",
