@@ -375,6 +375,7 @@ def train_cuts_steps(
     started = time.perf_counter()
     device = resolve_device(device) if isinstance(device, str) else device
 
+    yield Progress(0.0, "preparing slices")
     slices, skipped = _as_slices(images, in_channels, normalisation, axis)
     train_idx, val_idx = _split(len(slices), val_fraction, np.random.default_rng([seed, 1]))
     val_rng = np.random.default_rng([seed, 2])
