@@ -7,7 +7,7 @@ PNG atomically; none keeps global state (figures are closed after saving).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -148,34 +148,30 @@ def landmarks_on_slices(
     return _save(fig, path)
 
 
-def training_curves(
-    histories: Mapping[str, Mapping[str, Sequence[float]]], path: str | os.PathLike
+def image_grid(
+    pictures: Sequence[str | os.PathLike],
+    titles: Sequence[str],
+    path: str | os.PathLike,
+    title: str = "Training curves of the bundled models",
 ) -> Path:
-    """One panel per model, one line per recorded loss series (e.g. train/val per epoch).
+    """Put existing PNG pictures side by side (e.g. the loss curves saved with each model).
 
     Parameters
     ----------
-    histories : mapping
-        ``{model name: {series name: values per epoch}}``; empty series are skipped.
+    pictures : sequence of path-like
+        PNG files to show, one panel each.
+    titles : sequence of str
+        One title per panel.
     path : path-like
         PNG to write.
     """
-    names = [n for n, h in histories.items() if any(len(v) for v in h.values())]
-    fig, axes = plt.subplots(
-        1, max(len(names), 1), figsize=(4.2 * max(len(names), 1), 3.2), squeeze=False
-    )
-    for ax, name in zip(axes[0], names, strict=False):
-        for series, values in histories[name].items():
-            values = np.asarray(values, float)
-            if values.size and np.all(values[np.isfinite(values)] > 0):
-                ax.semilogy(np.arange(1, values.size + 1), values, label=series)
-            elif values.size:
-                ax.plot(np.arange(1, values.size + 1), values, label=series)
+    cols = min(max(len(pictures), 1), 2)
+    rows = max(-(-len(pictures) // cols), 1)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 3.6 * rows), squeeze=False)
+    for ax, picture, name in zip(axes.ravel(), pictures, titles, strict=False):
+        ax.imshow(plt.imread(picture))
         ax.set_title(name, fontsize=9)
-        ax.set_xlabel("epoch")
-        ax.legend(fontsize=7)
-    if not names:
-        axes[0, 0].text(0.5, 0.5, "no training history recorded", ha="center")
-        axes[0, 0].axis("off")
-    fig.suptitle("Training curves of the bundled models", fontsize=10)
+    for ax in axes.ravel():
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
     return _save(fig, path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import matplotlib.image as mpimg
 import numpy as np
 
-from labelfree.figures import landmarks_on_slices, levels_montage, training_curves
+from labelfree.figures import image_grid, landmarks_on_slices, levels_montage
 
 
 def colourful_fraction(path) -> float:
@@ -35,8 +35,7 @@ def test_landmarks_and_curves(tmp_path):
         volume, points, np.array([1.0, 0.2]), ["A", "B"], tmp_path / "lm.png"
     )
     assert colourful_fraction(path) > 0.001
-    curves = training_curves(
-        {"m": {"train": [3.0, 2.0, 1.0], "val": [3.5, 2.5, 1.5]}}, tmp_path / "c.png"
-    )
-    empty = training_curves({}, tmp_path / "e.png")
-    assert colourful_fraction(curves) > colourful_fraction(empty)
+    single = image_grid([path], ["one"], tmp_path / "single.png")
+    grid = image_grid([path, path], ["one", "two"], tmp_path / "grid.png")
+    assert mpimg.imread(grid).shape[1] > 1.5 * mpimg.imread(single).shape[1]
+    assert colourful_fraction(grid) > 0.001
