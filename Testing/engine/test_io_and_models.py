@@ -35,6 +35,7 @@ def test_volume_round_trip_keeps_geometry(tmp_path, suffix):
     np.testing.assert_allclose(back.origin, vol.origin, atol=1e-5)
     np.testing.assert_allclose(back.direction, vol.direction, atol=1e-6)
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+    assert out.stat().st_mode & 0o044, "written files must be readable by others (not 0600)"
 
 
 def test_index_to_physical_matches_simpleitk():
