@@ -100,7 +100,12 @@ def cmd_train(args: argparse.Namespace) -> None:
             print(f"{progress.fraction:6.1%} {progress.message}", flush=True)
             last[0] = time.time()
 
-    extra = {"learning_rate": args.lr, "batch_size": args.batch_size, "head": args.head}
+    extra = {
+        "learning_rate": args.lr,
+        "batch_size": args.batch_size,
+        "head": args.head,
+        "bending": args.bending,
+    }
     if args.lam is not None:
         extra["lam"] = args.lam
     card = {
@@ -225,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--head", default="fc", choices=("fc", "heatmap"))
+    p.add_argument("--bending", type=float, default=0.0)
     p.add_argument("--description", default="")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("evaluate")

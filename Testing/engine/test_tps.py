@@ -177,3 +177,16 @@ def test_too_few_landmarks_is_an_input_error():
         tps_map(_points(1, 5, 3), _points(1, 3, 3), _points(1, 3, 3))
     with pytest.raises(InputError):
         warp_image(torch.rand(1, 1, 4, 4), _points(1, 5, 3), _points(1, 5, 3))
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_bending_energy_is_zero_for_affine_and_positive_otherwise(ndim):
+    from labelfree.landmarks.loss import bending_energy
+
+    target = _points(2, 10, ndim, seed=16)
+    affine = 1.1 * target + 0.05
+    bent = target + 0.05 * _points(2, 10, ndim, seed=17)
+    zero = bending_energy(target, tps_fit(target, affine - target))
+    positive = bending_energy(target, tps_fit(target, bent - target))
+    assert zero.abs().max() < 1e-10
+    assert (positive > 1e-4).all()

@@ -169,6 +169,7 @@ def _pair_loss(
     match: str,
     field_stride: int,
     augment_px: float = 0.0,
+    bending: float = 0.0,
 ):
     unique, inverse = np.unique(np.concatenate([src, tgt]), return_inverse=True)
     clean = stack[unique]
@@ -190,6 +191,7 @@ def _pair_loss(
         ridge=ridge,
         match=match,
         field_stride=field_stride,
+        bending=bending,
     )
 
 
@@ -215,6 +217,7 @@ def train_landmarks_steps(
     field_stride: int | None = None,
     augment_px: float = 2.0,
     head: str = "fc",
+    bending: float = 0.0,
 ) -> Generator[Progress, None, TrainResult]:
     """Train a landmark regressor, step by step.
 
@@ -337,6 +340,7 @@ def train_landmarks_steps(
                 match,
                 field_stride,
                 augment_px,
+                bending,
             )
             optimiser.zero_grad(set_to_none=True)
             if torch.isfinite(terms.total):
@@ -373,6 +377,7 @@ def train_landmarks_steps(
         "field_stride": field_stride,
         "augment_px": augment_px,
         "head": head,
+        "bending": bending,
         "n_train": len(train_idx) if len(val_idx) != len(images) else len(images),
         "n_val": len(val_idx),
         "steps": total_steps,
