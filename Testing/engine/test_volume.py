@@ -348,8 +348,21 @@ def test_tiling_large_slices_changes_memory_not_labels(grey_model):
     tiled = segment_volume(image, grey_model, seed=1, tile_pixels=4096, **FAST)
     volume = oblique(smooth_volume(depth=5, size=70))
     whole_3d = segment_volume(volume, grey_model, seed=1, **FAST)
-    tiled_3d = segment_volume(volume, grey_model, seed=1, tile_pixels=4096, cache_bytes=0, **FAST)
+    tiled_3d = segment_volume(volume, grey_model, seed=1, tile_pixels=4096, **FAST)
     for a, b in [(whole, tiled), (whole_3d, tiled_3d)]:
         assert a.n_clusters == b.n_clusters
         for x, y in zip(a.levels, b.levels, strict=True):
             np.testing.assert_array_equal(x, y)
+
+
+def test_large_uncached_slices_pool_a_sample_of_tiles(grey_model):
+    """Slices too large to keep between the passes are pooled from some of their tiles only."""
+    plane = smooth_volume(depth=1, size=96)[0]
+    image = Image(plane, (1.0, 1.0), (0.0, 0.0), np.eye(2))
+    options = {**FAST, "cache_bytes": 0, "tile_pixels": 4096, "seed": 2}
+    first = segment_volume(image, grey_model, **options)
+    again = segment_volume(image, grey_model, **options)
+    assert first.n_clusters == again.n_clusters and first.n_clusters == sorted(first.n_clusters)
+    for a, b in zip(first.levels, again.levels, strict=True):
+        np.testing.assert_array_equal(a, b)
+        assert a.shape == (96, 96) and a.min() == 1
