@@ -123,7 +123,12 @@ def main() -> int:
             f"{TARGET_MB / res['peak_mb']:.2f}x",
         ],
         ["memory added by the call", f"{res['added_mb']:.0f} MiB", "", ""],
-        ["CPU time of the call (all threads)", f"{res['cpu_s']:.1f} s", "", ""],
+        [
+            "CPU time of the call, all threads (bounds the wall time on an idle machine)",
+            f"{res['cpu_s']:.1f} s",
+            f"{TARGET_SECONDS:.0f} s",
+            f"{TARGET_SECONDS / res['cpu_s']:.2f}x",
+        ],
         [
             "level switch, median",
             f"{np.median(switch):.1f} ms",
@@ -143,14 +148,15 @@ def main() -> int:
         one = [r for r in ref if r["image"] == "mni 128x128" and "ref_s" in r]
         if one:
             slices = res["shape"][0]
+            at_least = "> " if "ref_stopped" in one[0] else ""
             projected = one[0]["ref_s"] * slices
             rows.append(
                 [
-                    f"reference condensation alone, projected ({slices} x {one[0]['ref_s']:.0f} s "
-                    "for 128 x 128 slices)",
-                    f"{projected:.0f} s",
+                    f"reference condensation alone, projected ({slices} x {at_least}"
+                    f"{one[0]['ref_s']:.0f} s for 128 x 128 slices; wall)",
+                    f"{at_least}{projected:.0f} s",
                     "",
-                    f"{projected / res['wall_s']:.0f}x slower than ours end to end",
+                    f"{at_least}{projected / res['wall_s']:.0f}x our end-to-end wall time",
                 ]
             )
     print(f"volume {res['shape']} (z, y, x), levels with {res['n_clusters']} clusters")
