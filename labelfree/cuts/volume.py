@@ -52,11 +52,11 @@ to keep is sampled from a seeded subset of its tiles. Slices larger than
 ``tile_pixels`` are embedded in tiles with the halo (exact as well).
 
 Measured on the MNI152 T1 template (189 x 233 x 197, bundled encoder, CPU,
-torch 2.13, 2 threads, on a 2-core AMD EPYC shared with ~10 other jobs):
-89-99 s wall of which embed 76-86 s, assign 9 s, condense 1 s, label maps
-1-2 s; 45 CPU-seconds in all, so about 25-30 s wall on an idle 2-core
-machine. Peak resident memory 1.3 GB for the whole process (0.4 GB before
-the run); :func:`estimate_memory` predicts 1.2 GB for the run. Switching
+torch 2.13, 2 threads, on a 2-core AMD EPYC shared with other jobs, load
+average ~9): 57-58 s wall, of which embed 47-49 s, assign 7 s, condense
+0.6-0.8 s, label maps 0.5-0.8 s; 40 CPU-seconds in all. Peak resident memory
+1.1 GB for the whole process (0.4 GB before the run); :func:`estimate_memory`
+predicts 1.2 GB for the run. Switching
 levels is a list lookup (microseconds). A 512 x 512 RGB fundus photograph:
 7 s; the full 1411 x 1411 one: 47 s wall, 31 CPU-seconds, 1.5 GB peak (its
 1 GB of embeddings exceed ``cache_bytes``, so the pool pass embeds only a
