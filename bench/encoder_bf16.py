@@ -85,11 +85,11 @@ def main() -> int:
         aris.append((n, adjusted_rand_index(labels, h16.labels_at(n))))
 
     rows = [
-        ["fp32", f"{best32:.2f}", f"{pixels / best32 / 1e3:.0f}", "1.00"],
+        ["fp32", f"{best32:.2f}", f"{pixels / best32 / 1e3:.3g}", "1.00"],
         [
             "bf16 autocast",
             f"{best16:.2f}",
-            f"{pixels / best16 / 1e3:.0f}",
+            f"{pixels / best16 / 1e3:.3g}",
             f"{best32 / best16:.2f}",
         ],
     ]
