@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--head", default="fc", choices=("fc", "heatmap"))
+    p.add_argument("--head", default="heatmap", choices=("fc", "heatmap"))
     p.add_argument("--bending", type=float, default=0.0)
     p.add_argument("--description", default="")
     p.set_defaults(func=cmd_train)

@@ -19,13 +19,13 @@ mkdir -p "$WEIGHTS"
 # 2-D: 130 Shepp-Logan phantoms at 128x128 (100 train of which 20 validate, 30 test).
 python "$SCRIPT" phantom "$WORK/phantom" --n-train 100 --n-test 30 --size 128 --seed 1
 python "$SCRIPT" train "$WORK/phantom" "$WEIGHTS/landmarks_2d.pt" --landmarks 26 \
-    --epochs 120 --lr 1e-3 --batch-size 16 --seed 0 --head heatmap \
-    --description "Shepp-Logan phantoms under random smooth TPS warps, 128x128, 26 landmarks + 4 corners, heatmap head"
+    --epochs 120 --lr 1e-3 --batch-size 16 --seed 0 --head heatmap --bending 0.05 \
+    --description "Shepp-Logan phantoms under random smooth TPS warps, 128x128, 26 landmarks + 4 corners, heatmap head, bending 0.05"
 python "$SCRIPT" evaluate "$WEIGHTS/landmarks_2d.pt" "$WORK/phantom"
 
 # 3-D: 80 warps of the MNI152 T1 brain (nilearn), cropped to the brain and resampled to 64^3.
 python "$SCRIPT" mni "$WORK/mni64" --n-train 60 --n-test 20 --size 64 --sigma-mm 4 --seed 1
 python "$SCRIPT" train "$WORK/mni64" "$WEIGHTS/landmarks_3d.pt" --landmarks 40 \
-    --epochs 120 --input-size 48 --lr 1e-3 --batch-size 8 --seed 0 \
-    --description "MNI152 T1 brain under random smooth TPS warps (sigma 4 mm), 64^3 files, 48^3 network input, 40 landmarks + 8 corners"
+    --epochs 100 --input-size 48 --lr 1e-3 --batch-size 8 --seed 0 --head heatmap \
+    --description "MNI152 T1 brain under random smooth TPS warps (sigma 4 mm), 64^3 files, 48^3 network input, 40 landmarks + 8 corners, heatmap head"
 python "$SCRIPT" evaluate "$WEIGHTS/landmarks_3d.pt" "$WORK/mni64" --full-volume

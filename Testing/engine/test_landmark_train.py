@@ -86,7 +86,8 @@ def test_steps_report_progress_and_return_the_result(phantoms):
     assert result.seconds > 0 and result.cpu_seconds >= 0
 
 
-def test_coincident_landmarks_train_without_nan():
+@pytest.mark.parametrize("head", ["fc", "heatmap"])
+def test_coincident_landmarks_train_without_nan(head):
     """Every landmark starts at the same place: the ridge keeps the solve finite."""
     images = list(shepp_logan_population(4, size=32, seed=0).images)
     result = train_landmarks(
@@ -98,9 +99,16 @@ def test_coincident_landmarks_train_without_nan():
         fixed_corners=True,
         channels=(4, 8),
         batch_size=4,
+        head=head,
     )
-    with torch.no_grad():
-        result.regressor.head.bias.zero_()  # all landmarks at the centre, on top of each other
+    with torch.no_grad():  # every landmark at the same place, on top of each other
+        if head == "fc":
+            result.regressor.head.bias.zero_()
+            result.regressor.head.weight.zero_()
+        else:
+            result.regressor.prior.zero_()
+            result.regressor.heatmap.weight.zero_()
+            result.regressor.heatmap.bias.zero_()
     from labelfree.landmarks.train import _pair_loss, prepare_stack
 
     stack = prepare_stack(images, 2, 32)
@@ -117,6 +125,8 @@ def test_coincident_landmarks_train_without_nan():
         "mse",
         2,
     )
+    points = result.regressor(stack[:2])
+    assert (points - points[:, :1]).abs().max() < 1e-6  # really coincident
     terms.total.backward()
     grads = [p.grad for p in result.regressor.parameters() if p.grad is not None]
     assert torch.isfinite(terms.total)

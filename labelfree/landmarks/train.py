@@ -216,7 +216,7 @@ def train_landmarks_steps(
     channels: Sequence[int] | None = None,
     field_stride: int | None = None,
     augment_px: float = 2.0,
-    head: str = "fc",
+    head: str = "heatmap",
     bending: float = 0.0,
 ) -> Generator[Progress, None, TrainResult]:
     """Train a landmark regressor, step by step.
