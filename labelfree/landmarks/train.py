@@ -430,7 +430,7 @@ def plot_loss_curve(history: dict[str, list[float]], path: str | os.PathLike) ->
     path = Path(path)
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=80)
     epochs = np.arange(1, len(history["train"]) + 1)
-    ax.semilogy(epochs, history["train"], label="train (with input noise)")
+    ax.semilogy(epochs, history["train"], label="train (noise + warp augmentation)")
     ax.semilogy(epochs, history["val"], label="validation")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
