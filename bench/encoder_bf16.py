@@ -90,7 +90,7 @@ def main() -> int:
             "bf16 autocast",
             f"{best16:.2f}",
             f"{pixels / best16 / 1e3:.3g}",
-            f"{best32 / best16:.2f}",
+            f"{best32 / best16:.3g}",
         ],
     ]
     print()
@@ -111,7 +111,7 @@ def main() -> int:
         + ", ".join(f"{n} clusters ARI {a:.3f}" for n, a in aris)
     )
     print(
-        f"bf16 / fp32 throughput ratio: {best32 / best16:.2f}x "
+        f"bf16 / fp32 throughput ratio: {best32 / best16:.3g}x "
         f"({'native bf16' if native else 'no native bf16: emulated, expect < 1'}); "
         f"mean ARI {np.mean([a for _, a in aris]):.3f}"
     )
