@@ -21,21 +21,10 @@ def mni_t1():
     """The MNI152 2009 T1 template nilearn ships, 1 mm, as a (z, y, x) float32 labelfree Image,
     with grey and white matter probability maps in the same geometry: ``(image, gm, wm)``."""
     nilearn_datasets = pytest.importorskip("nilearn.datasets")
-    import SimpleITK as sitk
-
-    from labelfree.io import from_sitk
+    from labelfree.io import image_from_ras_affine
 
     def convert(nifti):
-        arr = np.asarray(nifti.get_fdata(), dtype=np.float32).transpose(2, 1, 0)
-        img = sitk.GetImageFromArray(np.ascontiguousarray(arr))
-        aff = nifti.affine
-        spacing = np.linalg.norm(aff[:3, :3], axis=0)
-        img.SetSpacing(spacing.tolist())
-        # NIfTI affines are RAS; ITK wants LPS.
-        flip = np.diag([-1.0, -1.0, 1.0])
-        img.SetDirection((flip @ (aff[:3, :3] / spacing)).ravel().tolist())
-        img.SetOrigin((flip @ aff[:3, 3]).tolist())
-        return from_sitk(img)
+        return image_from_ras_affine(np.asarray(nifti.get_fdata(), np.float32), nifti.affine)
 
     t1 = convert(nilearn_datasets.load_mni152_template(resolution=1))
     gm = convert(nilearn_datasets.load_mni152_gm_template(resolution=1))

@@ -66,21 +66,12 @@ def ensure_refenv() -> Path:
 def load_mni() -> tuple[object, np.ndarray, np.ndarray]:
     """The MNI152 2009 T1 template nilearn ships, 1 mm, as a (z, y, x) labelfree Image,
     with grey- and white-matter probability maps as (z, y, x) float32 arrays."""
-    import SimpleITK as sitk
     from nilearn import datasets
 
-    from labelfree.io import from_sitk
+    from labelfree.io import image_from_ras_affine
 
     def convert(nifti):
-        arr = np.asarray(nifti.get_fdata(), dtype=np.float32).transpose(2, 1, 0)
-        img = sitk.GetImageFromArray(np.ascontiguousarray(arr))
-        aff = nifti.affine
-        spacing = np.linalg.norm(aff[:3, :3], axis=0)
-        img.SetSpacing(spacing.tolist())
-        flip = np.diag([-1.0, -1.0, 1.0])  # NIfTI affines are RAS; ITK wants LPS
-        img.SetDirection((flip @ (aff[:3, :3] / spacing)).ravel().tolist())
-        img.SetOrigin((flip @ aff[:3, 3]).tolist())
-        return from_sitk(img)
+        return image_from_ras_affine(np.asarray(nifti.get_fdata(), np.float32), nifti.affine)
 
     t1 = convert(datasets.load_mni152_template(resolution=1))
     gm = convert(datasets.load_mni152_gm_template(resolution=1)).array

@@ -26,6 +26,22 @@ import SimpleITK as sitk
 
 from labelfree.errors import InputError
 
+IMAGE_SUFFIXES = (
+    ".nrrd",
+    ".nhdr",
+    ".nii",
+    ".nii.gz",
+    ".mha",
+    ".mhd",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".tif",
+    ".tiff",
+    ".bmp",
+)
+"""File name endings taken as images when a folder is scanned (lower case)."""
+
 
 @dataclass
 class Image:
@@ -86,6 +102,30 @@ def lps_to_ras(points: np.ndarray) -> np.ndarray:
 
 
 ras_to_lps = lps_to_ras
+
+
+def image_from_ras_affine(array_xyz: np.ndarray, affine: np.ndarray) -> Image:
+    """An :class:`Image` from an ``(x, y, z)`` array and a NIfTI-style RAS affine.
+
+    This is how nibabel (and so nilearn) hands out volumes; the result is in
+    this module's conventions (``(z, y, x)`` array, LPS geometry).
+
+    Parameters
+    ----------
+    array_xyz : ndarray
+        ``(x, y, z)`` voxel array.
+    affine : ndarray
+        ``(4, 4)`` voxel-index to RAS (mm) matrix.
+    """
+    affine = np.asarray(affine, dtype=float)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    flip = np.diag([-1.0, -1.0, 1.0])
+    return Image(
+        array=np.ascontiguousarray(np.asarray(array_xyz).transpose(2, 1, 0)),
+        spacing=tuple(float(s) for s in spacing),
+        origin=tuple(float(o) for o in flip @ affine[:3, 3]),
+        direction=flip @ (affine[:3, :3] / spacing),
+    )
 
 
 def from_sitk(img: sitk.Image) -> Image:

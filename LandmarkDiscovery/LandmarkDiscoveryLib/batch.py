@@ -8,23 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labelfree.errors import InputError, LabelFreeError, ModelFileError
+from labelfree.io import IMAGE_SUFFIXES
 from labelfree.markups import markups_format, write_landmark_table
 from labelfree.progress import Progress
-
-IMAGE_SUFFIXES = (
-    ".nrrd",
-    ".nhdr",
-    ".nii",
-    ".nii.gz",
-    ".mha",
-    ".mhd",
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".tif",
-    ".tiff",
-    ".bmp",
-)
 
 
 @dataclass

@@ -11,18 +11,13 @@ import numpy as np
 import SimpleITK as sitk
 from nilearn import datasets
 
+from labelfree.io import image_from_ras_affine, to_sitk
+
 
 def nifti_to_sitk(nifti) -> sitk.Image:
     """nibabel image (RAS affine, x-y-z array) to SimpleITK (LPS)."""
-    array = np.asarray(nifti.get_fdata(), np.float32).transpose(2, 1, 0)
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
-    affine = nifti.affine
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    flip = np.diag([-1.0, -1.0, 1.0])
-    image.SetSpacing(spacing.tolist())
-    image.SetDirection((flip @ (affine[:3, :3] / spacing)).ravel().tolist())
-    image.SetOrigin((flip @ affine[:3, 3]).tolist())
-    return image
+    array = np.asarray(nifti.get_fdata(), np.float32)
+    return to_sitk(image_from_ras_affine(array, nifti.affine))
 
 
 def main(out: str = "labelfree/data/mni152_t1_2mm.nrrd") -> None:

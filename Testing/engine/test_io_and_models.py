@@ -132,3 +132,20 @@ def test_cli_version(capsys):
         cli.main(["--version"])
     assert stop.value.code == 0
     assert "labelfree" in capsys.readouterr().out
+
+
+def test_ras_affine_conversion_matches_simpleitk_reading_the_nifti(tmp_path):
+    nibabel = pytest.importorskip("nibabel")
+    from labelfree.io import image_from_ras_affine
+
+    affine = np.array(
+        [[0.0, -1.2, 0.0, 30.0], [0.9, 0.0, 0.0, -12.0], [0.0, 0.0, 2.5, 7.0], [0, 0, 0, 1]]
+    )
+    array_xyz = np.random.default_rng(0).random((5, 6, 7)).astype(np.float32)
+    nibabel.save(nibabel.Nifti1Image(array_xyz, affine), tmp_path / "v.nii.gz")
+    expected = read_image(tmp_path / "v.nii.gz")
+    converted = image_from_ras_affine(array_xyz, affine)
+    np.testing.assert_array_equal(converted.array, expected.array)
+    np.testing.assert_allclose(converted.spacing, expected.spacing, atol=1e-5)
+    np.testing.assert_allclose(converted.origin, expected.origin, atol=1e-4)
+    np.testing.assert_allclose(converted.direction, expected.direction, atol=1e-5)

@@ -18,20 +18,9 @@ from pathlib import Path
 
 from labelfree.devices import DEVICE_CHOICES
 from labelfree.errors import InputError, LabelFreeError
+from labelfree.io import IMAGE_SUFFIXES
 from labelfree.markups import MARKUPS_SUFFIXES, markups_format
 
-IMAGE_SUFFIXES = (
-    ".nrrd",
-    ".nii",
-    ".nii.gz",
-    ".mha",
-    ".mhd",
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".tif",
-    ".tiff",
-)
 BATCH_TABLE = "landmarks.csv"
 
 
