@@ -16,6 +16,7 @@ from labelfree.cuts.mining import mine_pairs, patch_ssim
 from labelfree.cuts.model import CutsModel, load_cuts_model, model_config, save_cuts_model
 from labelfree.cuts.train import train_cuts, train_cuts_steps, train_from_files
 from labelfree.errors import InputError, LabelFreeError
+from labelfree.progress import run_steps
 
 QUICK = {"batch_size": 8, "samples_per_epoch": 16}
 
@@ -103,12 +104,7 @@ def test_volume_training_splits_slices_and_skips_empty_ones():
     vol[2:10] = rng.random((8, 24, 26))
     steps = train_cuts_steps([vol], in_channels=1, epochs=1, val_fraction=0.25, **QUICK)
     reports = []
-    while True:
-        try:
-            reports.append(next(steps))
-        except StopIteration as stop:
-            result = stop.value
-            break
+    result = run_steps(steps, reports.append)
     assert result.slices == {"train": 6, "validation": 2, "skipped_constant": 4}
     fractions = [r.fraction for r in reports]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0

@@ -23,7 +23,7 @@ from labelfree.cuts.volume import (
 )
 from labelfree.errors import InputError, ModelFileError
 from labelfree.io import Image
-from labelfree.progress import Progress
+from labelfree.progress import Progress, run_steps
 
 FAST = {"pool_size": 3000, "pool_slices": 6, "max_levels": 6, "device": "cpu"}
 
@@ -193,12 +193,7 @@ def test_steps_report_progress_and_can_be_cancelled(grey_model):
     image = oblique(smooth_volume(depth=6, size=32))
     steps = segment_volume_steps(image, grey_model, seed=0, **FAST)
     reports = []
-    while True:
-        try:
-            reports.append(next(steps))
-        except StopIteration as stop:
-            result = stop.value
-            break
+    result = run_steps(steps, reports.append)
     assert all(isinstance(r, Progress) for r in reports)
     fractions = [r.fraction for r in reports]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
