@@ -105,6 +105,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         "batch_size": args.batch_size,
         "head": args.head,
         "bending": args.bending,
+        "equivariance": args.equivariance,
     }
     if args.lam is not None:
         extra["lam"] = args.lam
@@ -231,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--head", default="heatmap", choices=("fc", "heatmap"))
     p.add_argument("--bending", type=float, default=0.0)
+    p.add_argument(
+        "--equivariance", type=float, default=0.0, help="weight of the warp-equivariance term"
+    )
     p.add_argument("--description", default="")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("evaluate")

@@ -36,6 +36,7 @@ class LossTerms:
     regulariser: torch.Tensor
     warped: torch.Tensor
     bending: torch.Tensor | None = None
+    equivariance: torch.Tensor | None = None
 
 
 def image_match(target: torch.Tensor, warped: torch.Tensor, kind: str = "mse") -> torch.Tensor:

@@ -37,7 +37,7 @@ from labelfree.landmarks.model import (
     whiten,
 )
 from labelfree.landmarks.regressor import LandmarkRegressor, corner_landmarks
-from labelfree.landmarks.tps import warp_image
+from labelfree.landmarks.tps import tps_map, warp_image
 from labelfree.progress import Progress, ProgressCallback, run_steps
 
 DEFAULT_INPUT_SIZE = {2: 128, 3: 48}
@@ -122,13 +122,54 @@ def _batch_targets(sources: np.ndarray, pool: np.ndarray, rng: np.random.Generat
     return rng.choice(others, 1) if len(others) else sources.copy()
 
 
+def random_warp_points(
+    batch: int,
+    shape: Sequence[int],
+    sigma_px: float,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Control points of random smooth warps, as :func:`random_warps` draws them.
+
+    Parameters
+    ----------
+    batch : int
+        Number of warps.
+    shape : sequence of int
+        Array shape of the images, ``(y, x)`` or ``(z, y, x)``.
+    sigma_px : float
+        Displacement std in pixels.
+    generator : torch.Generator, optional
+        Source of randomness.
+    dtype : torch.dtype
+        Of the result.
+
+    Returns
+    -------
+    target, source : Tensor
+        ``(batch, K, D)`` normalised ``(x, y[, z])``; the warped image at a
+        point ``q`` shows the original at ``tps_map(q, target, source)``.
+    """
+    ndim = len(shape)
+    axis = torch.linspace(-0.6, 0.6, 3, dtype=dtype)
+    mesh = torch.meshgrid(*([axis] * ndim), indexing="ij")
+    grid = torch.stack([m.ravel() for m in mesh], dim=-1)
+    control = torch.cat([grid, corner_landmarks(ndim).to(dtype)])
+    pixel = 2.0 / (torch.tensor(tuple(shape)[::-1], dtype=dtype) - 1)
+    delta = torch.randn(batch, len(grid), ndim, generator=generator, dtype=dtype)
+    delta = torch.cat([delta * sigma_px * pixel, torch.zeros(batch, 2**ndim, ndim, dtype=dtype)], 1)
+    target = control.expand(batch, -1, -1)
+    return target, target + delta
+
+
 def random_warps(
     images: torch.Tensor, sigma_px: float, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """Augment images with random smooth warps (one per image).
 
     A 3-per-axis grid of control points in ``[-0.6, 0.6]`` moves by an
-    isotropic Gaussian of ``sigma_px`` pixels; the corners stay put.
+    isotropic Gaussian of ``sigma_px`` pixels; the corners stay put
+    (:func:`random_warp_points`).
 
     Parameters
     ----------
@@ -144,17 +185,53 @@ def random_warps(
     Tensor
         Warped images, same shape.
     """
-    batch, _, *shape = images.shape
-    ndim = len(shape)
-    axis = torch.linspace(-0.6, 0.6, 3, dtype=images.dtype)
-    mesh = torch.meshgrid(*([axis] * ndim), indexing="ij")
-    grid = torch.stack([m.ravel() for m in mesh], dim=-1)
-    control = torch.cat([grid, corner_landmarks(ndim).to(images.dtype)])
-    pixel = 2.0 / (torch.tensor(shape[::-1], dtype=images.dtype) - 1)
-    delta = torch.randn(batch, len(grid), ndim, generator=generator, dtype=images.dtype)
-    delta = torch.cat([delta * sigma_px * pixel, torch.zeros(batch, 2**ndim, ndim)], dim=1)
-    target = control.expand(batch, -1, -1).to(images.device)
-    return warp_image(images, target, target + delta.to(images.device), field_stride=4)
+    target, source = random_warp_points(
+        images.shape[0], images.shape[2:], sigma_px, generator, images.dtype
+    )
+    target, source = target.to(images.device), source.to(images.device)
+    return warp_image(images, target, source, field_stride=4)
+
+
+def equivariance_error(
+    model: LandmarkRegressor,
+    clean: torch.Tensor,
+    points: torch.Tensor,
+    sigma_px: float,
+    noise_std: float,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """Mean squared landmark disagreement under a random smooth warp (normalised units).
+
+    Each image ``I`` is warped by a fresh random warp ``W`` (backward:
+    ``(I o W)(q) = I(W(q))``, :func:`random_warp_points`); the landmarks
+    found on ``I o W``, mapped through ``W``, should land on the landmarks
+    ``points`` found on ``I``. The warp is drawn here, so its map is exact.
+
+    Parameters
+    ----------
+    model : LandmarkRegressor
+    clean : Tensor
+        ``(B, C, *shape)`` images without input noise.
+    points : Tensor
+        ``(B, K, D)`` landmarks the model found on (noisy) ``clean``.
+    sigma_px, noise_std, generator
+        Warp std in pixels, input noise std, source of randomness.
+
+    Returns
+    -------
+    Tensor
+        Scalar: mean over images and landmarks of the squared distance.
+    """
+    target, source = random_warp_points(
+        clean.shape[0], clean.shape[2:], sigma_px, generator, clean.dtype
+    )
+    target, source = target.to(clean.device), source.to(clean.device)
+    inputs = warp_image(clean, target, source, field_stride=4)
+    if noise_std > 0:
+        noise = torch.randn(inputs.shape, generator=generator, dtype=inputs.dtype)
+        inputs = inputs + noise_std * noise.to(inputs.device)
+    mapped = tps_map(model.control_points(inputs), target, source)
+    return (mapped - points).pow(2).sum(-1).mean()
 
 
 def _pair_loss(
@@ -170,6 +247,8 @@ def _pair_loss(
     field_stride: int,
     augment_px: float = 0.0,
     bending: float = 0.0,
+    equivariance: float = 0.0,
+    equivariance_px: float = 4.0,
 ):
     unique, inverse = np.unique(np.concatenate([src, tgt]), return_inverse=True)
     clean = stack[unique]
@@ -182,7 +261,7 @@ def _pair_loss(
     points = model.control_points(inputs)
     where = torch.as_tensor(inverse, device=points.device)
     lm_s, lm_t = points[where[: len(src)]], points[where[len(src) :]]
-    return registration_loss(
+    terms = registration_loss(
         clean[where[: len(src)]],
         clean[where[len(src) :]],
         lm_s,
@@ -193,6 +272,11 @@ def _pair_loss(
         field_stride=field_stride,
         bending=bending,
     )
+    if equivariance > 0:
+        error = equivariance_error(model, clean, points, equivariance_px, noise_std, generator)
+        terms.equivariance = error
+        terms.total = terms.total + equivariance * error
+    return terms
 
 
 def train_landmarks_steps(
@@ -218,6 +302,8 @@ def train_landmarks_steps(
     augment_px: float = 2.0,
     head: str = "heatmap",
     bending: float = 0.0,
+    equivariance: float = 0.0,
+    equivariance_px: float = 4.0,
 ) -> Generator[Progress, None, TrainResult]:
     """Train a landmark regressor, step by step.
 
@@ -267,6 +353,18 @@ def train_landmarks_steps(
         Each step warps the training images by random smooth warps of this
         std in input pixels (:func:`random_warps`), which keeps a small training
         set from being memorised; 0 disables it.
+    head : str
+        Landmark head of :class:`LandmarkRegressor`.
+    bending : float
+        Weight of the spline's bending energy (:func:`.loss.registration_loss`).
+    equivariance : float
+        Weight of the equivariance term (:func:`equivariance_error`, squared
+        normalised units): landmarks must follow a random smooth warp that
+        training draws itself, which pins landmarks that the image match
+        lets slide along smooth edges; 0 (default) disables it and costs
+        nothing, > 0 runs the network a second time per image.
+    equivariance_px : float
+        Displacement std in input pixels of the equivariance warps.
 
     Yields
     ------
@@ -341,6 +439,8 @@ def train_landmarks_steps(
                 field_stride,
                 augment_px,
                 bending,
+                equivariance,
+                equivariance_px,
             )
             optimiser.zero_grad(set_to_none=True)
             if torch.isfinite(terms.total):
@@ -378,6 +478,8 @@ def train_landmarks_steps(
         "augment_px": augment_px,
         "head": head,
         "bending": bending,
+        "equivariance": equivariance,
+        "equivariance_px": equivariance_px,
         "n_train": len(train_idx) if len(val_idx) != len(images) else len(images),
         "n_val": len(val_idx),
         "steps": total_steps,
