@@ -54,6 +54,15 @@ __all__ = [
 ]
 
 
+def sceneOrDefault(scene, logicName: str):
+    """``scene``, else ``slicer.mrmlScene`` inside the application; a clear error outside it."""
+    if scene is None:
+        scene = getattr(slicer, "mrmlScene", None)
+    if scene is None:
+        raise InputError(f"No MRML scene: pass one, e.g. {logicName}(slicer.vtkMRMLScene()).")
+    return scene
+
+
 def arrayFromVolumeNode(volumeNode) -> np.ndarray:
     """A numpy view of a volume node's voxels, indexed ``[k, j, i]`` (plus a component axis).
 

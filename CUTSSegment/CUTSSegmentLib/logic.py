@@ -39,6 +39,7 @@ from LabelFreeMRML import (
     placeInSubjectHierarchyBeside,
     rasToIjkIndex,
     removeNodes,
+    sceneOrDefault,
     volumeNodeToImage,
 )
 from vtk.util import numpy_support
@@ -122,13 +123,7 @@ class CUTSSegmentLogic:
     """
 
     def __init__(self, scene=None):
-        if scene is None:
-            scene = getattr(slicer, "mrmlScene", None)
-        if scene is None:
-            raise InputError(
-                "No MRML scene: pass one, e.g. CUTSSegmentLogic(slicer.vtkMRMLScene())."
-            )
-        self.scene = scene
+        self.scene = sceneOrDefault(scene, "CUTSSegmentLogic")
         self.result: CUTSSegmentResult | None = None
 
     # -- parameters ---------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import slicer
 import vtk
-from LabelFreeMRML import placeInSubjectHierarchyBeside, volumeNodeToImage
+from LabelFreeMRML import placeInSubjectHierarchyBeside, sceneOrDefault, volumeNodeToImage
 
 from labelfree.errors import InputError, ModelFileError
 from labelfree.io import Image, lps_to_ras
@@ -53,13 +53,7 @@ class LandmarkDiscoveryLogic:
     """
 
     def __init__(self, scene=None):
-        if scene is None:
-            scene = getattr(slicer, "mrmlScene", None)
-        if scene is None:
-            raise InputError(
-                "No MRML scene: pass one, e.g. LandmarkDiscoveryLogic(slicer.vtkMRMLScene())."
-            )
-        self.scene = scene
+        self.scene = sceneOrDefault(scene, "LandmarkDiscoveryLogic")
         self._modelCache = None
 
     def getParameterNode(self):

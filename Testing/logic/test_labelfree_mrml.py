@@ -108,3 +108,13 @@ def test_requirements_are_found_and_checked(tmp_path):
     fake = tmp_path / "requirements.txt"
     fake.write_text("# comment\nscipy>=1.0\nno-such-package-labelfree>=1  # trailing\n")
     assert LabelFreeDependencies._missingPackages(fake) == ["no-such-package-labelfree>=1"]
+
+
+def test_logics_without_a_scene_say_how_to_pass_one():
+    from CUTSSegmentLib import CUTSSegmentLogic
+    from LandmarkDiscoveryLib import LandmarkDiscoveryLogic
+
+    assert getattr(slicer, "mrmlScene", None) is None  # slicer-core has no application scene
+    for logicClass in (CUTSSegmentLogic, LandmarkDiscoveryLogic):
+        with pytest.raises(InputError, match=f"pass one, e.g. {logicClass.__name__}"):
+            logicClass()
