@@ -106,6 +106,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         "head": args.head,
         "bending": args.bending,
         "equivariance": args.equivariance,
+        "equivariance_px": args.equivariance_px,
+        "prior_fade": None if args.prior_fade < 0 else args.prior_fade,
     }
     if args.lam is not None:
         extra["lam"] = args.lam
@@ -234,6 +236,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bending", type=float, default=0.0)
     p.add_argument(
         "--equivariance", type=float, default=0.0, help="weight of the warp-equivariance term"
+    )
+    p.add_argument(
+        "--equivariance-px", type=float, default=4.0, help="std of its warps, input pixels"
+    )
+    p.add_argument(
+        "--prior-fade",
+        type=float,
+        default=0.25,
+        help="share of training over which the heatmap prior fades out; negative keeps it",
     )
     p.add_argument("--description", default="")
     p.set_defaults(func=cmd_train)

@@ -19,6 +19,7 @@ from labelfree.landmarks.model import (
 from labelfree.landmarks.regressor import LandmarkRegressor, corner_landmarks
 from labelfree.landmarks.synthetic import shepp_logan_population
 from labelfree.landmarks.train import (
+    PRIOR_FLOOR,
     train_from_files,
     train_landmarks,
     train_landmarks_steps,
@@ -57,6 +58,7 @@ def test_a_few_steps_lower_the_loss_and_are_reproducible(phantoms):
         learning_rate=3e-3,
         channels=(4, 8),
         batch_size=4,
+        prior_fade=None,  # a fading prior changes the objective it is scored on
     )
     first = train_landmarks(phantoms, **kwargs)
     assert first.history["val"][first.best_epoch - 1] < first.history["val"][0]
@@ -84,6 +86,36 @@ def test_steps_report_progress_and_return_the_result(phantoms):
     assert reports[-1].fraction == pytest.approx(1.0)
     assert result.regressor.n_landmarks == 4
     assert result.seconds > 0 and result.cpu_seconds >= 0
+
+
+def _prior_after_training(phantoms, prior_fade):
+    torch.manual_seed(0)
+    start = LandmarkRegressor(2, 4, 32, channels=(4, 8), head="heatmap").prior.clone()
+    result = train_landmarks(
+        phantoms[:4],
+        ndim=2,
+        n_landmarks=4,
+        input_size=32,
+        epochs=4,
+        seed=0,
+        channels=(4, 8),
+        batch_size=4,
+        prior_fade=prior_fade,
+    )
+    return start, result
+
+
+def test_the_heatmap_prior_fades_out_and_the_model_file_keeps_it_faded(phantoms, tmp_path):
+    start, kept = _prior_after_training(phantoms, None)
+    torch.testing.assert_close(kept.regressor.prior, start)  # same seed, same prior
+    assert start.abs().max() > 1  # a real prior to fade
+    _, faded = _prior_after_training(phantoms, 0.5)
+    assert faded.best_epoch >= 2  # kept only once the prior was gone
+    torch.testing.assert_close(faded.regressor.prior, start * PRIOR_FLOOR)
+    assert faded.settings["prior_fade"] == 0.5
+    path = save_landmark_model(tmp_path / "m.pt", faded.regressor, faded.config, {})
+    reloaded, _, _ = load_landmark_model(path)
+    torch.testing.assert_close(reloaded.prior, start * PRIOR_FLOOR)
 
 
 @pytest.mark.parametrize("head", ["fc", "heatmap"])
