@@ -75,3 +75,30 @@ def test_training_with_equivariance_is_reproducible_and_recorded():
     assert first.history["train"] != plain.history["train"]
     assert first.settings["equivariance"] == 50.0
     assert plain.settings["equivariance"] == 0.0
+
+
+def test_validation_scores_the_training_objective_with_the_same_warps_each_time():
+    """The kept checkpoint must be the best at what training asks for, equivariance included."""
+    from labelfree.landmarks.train import _validate, prepare_stack
+
+    images = shepp_logan_population(4, size=SIZE, seed=6).images
+    stack = prepare_stack(list(images), 2, SIZE)
+    torch.manual_seed(0)
+    model = LandmarkRegressor(2, 5, SIZE, channels=(4, 8, 8, 16))
+    pairs = [(np.array([0, 1]), np.array([2, 3])), (np.array([2, 3]), np.array([1, 0]))]
+    loss = dict(lam=4e-6, ridge=1e-6, match="mse", field_stride=2)
+    plain, match = _validate(model, stack, pairs, 7, **loss)
+    weighted, match_again = _validate(model, stack, pairs, 7, equivariance=100.0, **loss)
+    repeat, _ = _validate(model, stack, pairs, 7, equivariance=100.0, **loss)
+    assert match_again == match and repeat == weighted
+    # The difference is the weighted equivariance error, on warps drawn from the seed.
+    generator = torch.Generator().manual_seed(7)
+    expected = []
+    with torch.no_grad():
+        for src, tgt in pairs:
+            unique = np.unique(np.concatenate([src, tgt]))
+            points = model.control_points(stack[unique])
+            error = equivariance_error(model, stack[unique], points, 4.0, 0.0, generator)
+            expected.append(100.0 * float(error))
+    assert weighted - plain == pytest.approx(np.mean(expected), rel=1e-5)
+    assert weighted - plain > 1e-4

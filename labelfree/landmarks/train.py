@@ -470,7 +470,19 @@ def train_landmarks_steps(
                 step / total_steps,
                 f"epoch {epoch}/{epochs}, loss {np.mean(losses) if losses else float('nan'):.4g}",
             )
-        val_total, val_match = _validate(model, stack, val_pairs, lam, ridge, match, field_stride)
+        val_total, val_match = _validate(
+            model,
+            stack,
+            val_pairs,
+            seed + 3,
+            lam=lam,
+            ridge=ridge,
+            match=match,
+            field_stride=field_stride,
+            bending=bending,
+            equivariance=equivariance,
+            equivariance_px=equivariance_px,
+        )
         history["train"].append(float(np.mean(losses)) if losses else float("nan"))
         history["val"].append(val_total)
         history["val_match"].append(val_match)
@@ -533,13 +545,21 @@ def _prior_fader(model: LandmarkRegressor, fraction: float | None, total_steps: 
     return fade
 
 
-def _validate(model, stack, val_pairs, lam, ridge, match, field_stride) -> tuple[float, float]:
-    """Mean loss and match term over fixed validation pairs, without input noise."""
+def _validate(
+    model: LandmarkRegressor, stack: torch.Tensor, val_pairs: list, seed: int, **loss: Any
+) -> tuple[float, float]:
+    """Mean loss and match term over fixed validation pairs, without input noise.
+
+    The loss is the training objective (``loss``: :func:`_pair_loss` keywords), so
+    that the kept checkpoint is the best at what training asks for; the
+    equivariance warps come from ``seed``, the same every epoch.
+    """
     model.eval()
+    generator = torch.Generator().manual_seed(seed)
     totals, matches, counts = 0.0, 0.0, 0
     with torch.no_grad():
         for src, tgt in val_pairs:
-            terms = _pair_loss(model, stack, src, tgt, 0.0, None, lam, ridge, match, field_stride)
+            terms = _pair_loss(model, stack, src, tgt, 0.0, generator, **loss)
             totals += float(terms.total) * len(src)
             matches += float(terms.match) * len(src)
             counts += len(src)
