@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         "--equivariance", type=float, default=0.0, help="weight of the warp-equivariance term"
     )
     p.add_argument(
-        "--equivariance-px", type=float, default=4.0, help="std of its warps, input pixels"
+        "--equivariance-px", type=float, default=None, help="std of its warps, input pixels"
     )
     p.add_argument(
         "--prior-fade",

@@ -39,6 +39,7 @@ def trained(tmp_path_factory):
     model = root / "lm.pt"
     argv = ["landmarks", "train", *map(str, paths), "--out", str(model), "--landmarks", "5"]
     argv += ["--epochs", "2", "--input-size", "64", "--device", "cpu", "--importance-pairs", "6"]
+    argv += ["--equivariance", "10"]
     assert main(argv) == 0
     return root, paths, model
 
@@ -51,6 +52,8 @@ def test_train_writes_model_with_importance(trained):
     assert importance.shape == (5,)
     assert importance.max() == pytest.approx(1.0) and importance.min() >= 0.0
     assert card["importance"]["method"] == "increase"
+    assert card["training"]["equivariance"] == 10.0
+    assert card["training"]["equivariance_px"] == 4.0  # the 2-D default
     assert model.with_name("lm.card.json").is_file()
 
 
@@ -137,6 +140,11 @@ def test_bad_inputs_exit_2_and_write_nothing(trained, tmp_path, capsys):
     fails(
         ["landmarks", "train", str(paths[0]), "--out", str(out / "m.pt"), "--landmarks", "3"],
         "at least two",
+    )
+    fails(
+        ["landmarks", "train", *map(str, paths), "--out", str(out / "m.pt"), "--landmarks", "3"]
+        + ["--equivariance", "-1"],
+        "must be 0 (off) or positive",
     )
     fails(
         ["landmarks", "detect", str(paths[0]), "--model", str(model), "--out", str(out / "a.txt")],

@@ -51,6 +51,17 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--input-size", type=int, default=None, help="network input side (px)")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     p.add_argument(
+        "--equivariance",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help=(
+            "weight of the warp-equivariance term (0: off). Landmarks then follow the anatomy "
+            "much more closely (bundled models: 3000 in 2-D, 300 in 3-D) at twice the "
+            "training time"
+        ),
+    )
+    p.add_argument(
         "--importance-pairs",
         type=int,
         default=64,
@@ -143,6 +154,7 @@ def _train(args: argparse.Namespace) -> int:
         input_size=args.input_size,
         device=args.device,
         progress=_Reporter(),
+        equivariance=args.equivariance,
     )
     print(f"model: {out}")
     if args.importance_pairs == 0:

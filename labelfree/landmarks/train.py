@@ -41,6 +41,9 @@ from labelfree.landmarks.tps import tps_map, warp_image
 from labelfree.progress import Progress, ProgressCallback, run_steps
 
 DEFAULT_INPUT_SIZE = {2: 128, 3: 48}
+# Std of the equivariance warps in input pixels: about the displacement between two images of
+# the bundled models' populations (input pixels are ~3.5 mm in 3-D).
+DEFAULT_EQUIVARIANCE_PX = {2: 4.0, 3: 2.0}
 MAX_LANDMARKS = 512
 # The heatmap prior fades to this share of its logits: its width grows tenfold, to about
 # the image's, so it no longer pulls landmarks off the content (gain > 0.99 for peaks of
@@ -307,7 +310,7 @@ def train_landmarks_steps(
     head: str = "heatmap",
     bending: float = 0.0,
     equivariance: float = 0.0,
-    equivariance_px: float = 4.0,
+    equivariance_px: float | None = None,
     prior_fade: float | None = 0.25,
 ) -> Generator[Progress, None, TrainResult]:
     """Train a landmark regressor, step by step.
@@ -368,8 +371,9 @@ def train_landmarks_steps(
         training draws itself, which pins landmarks that the image match
         lets slide along smooth edges; 0 (default) disables it and costs
         nothing, > 0 runs the network a second time per image.
-    equivariance_px : float
-        Displacement std in input pixels of the equivariance warps.
+    equivariance_px : float, optional
+        Displacement std in input pixels of the equivariance warps
+        (:data:`DEFAULT_EQUIVARIANCE_PX` by default).
     prior_fade : float or None
         Heatmap head only: its Gaussian start prior (which puts every
         image's landmarks at the same place at first) fades linearly to
@@ -393,6 +397,9 @@ def train_landmarks_steps(
     field_stride = field_stride or (2 if ndim == 2 else 4)
     if epochs < 1 or batch_size < 1:
         raise InputError("epochs and batch_size must be at least 1.")
+    if equivariance < 0 or bending < 0:
+        raise InputError("The equivariance and bending weights must be 0 (off) or positive.")
+    equivariance_px = equivariance_px or DEFAULT_EQUIVARIANCE_PX[ndim]
     _check_sizes(n_landmarks, ndim, input_size, fixed_corners)
     images = list(images)
     if len(images) < 2:
