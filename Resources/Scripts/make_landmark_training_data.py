@@ -107,6 +107,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         "bending": args.bending,
         "equivariance": args.equivariance,
         "equivariance_px": args.equivariance_px,
+        "equivariance_shift_px": args.equivariance_shift_px,
         "prior_fade": None if args.prior_fade < 0 else args.prior_fade,
     }
     if args.lam is not None:
@@ -239,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--equivariance-px", type=float, default=None, help="std of its warps, input pixels"
+    )
+    p.add_argument(
+        "--equivariance-shift-px", type=float, default=0.0, help="std of their global shift"
     )
     p.add_argument(
         "--prior-fade",

@@ -102,3 +102,18 @@ def test_validation_scores_the_training_objective_with_the_same_warps_each_time(
             expected.append(100.0 * float(error))
     assert weighted - plain == pytest.approx(np.mean(expected), rel=1e-5)
     assert weighted - plain > 1e-4
+
+
+def test_a_global_shift_moves_every_control_point_alike_and_maps_back():
+    generator = torch.Generator().manual_seed(3)
+    target, source = random_warp_points(1, (SIZE, SIZE), 0.0, generator, torch.float64, 3.0)
+    moves = source - target
+    assert float(moves.norm(dim=-1).min()) * (SIZE - 1) / 2 > 0.1  # corners move too
+    torch.testing.assert_close(moves, moves[:, :1].expand_as(moves))
+    # A dot seen through the shifted frame maps back to where it was.
+    dot_at = torch.tensor([0.1, 0.2], dtype=torch.float64)
+    found = _centroid(warp_image(_dot(dot_at), target, source))
+    back = tps_map(found[None, None], target, source)[0, 0]
+    assert float((back - dot_at).norm()) * (SIZE - 1) / 2 < 0.3
+    fixed, unmoved = random_warp_points(1, (SIZE, SIZE), 0.0, generator, torch.float64)
+    torch.testing.assert_close(unmoved, fixed, rtol=0, atol=0)  # no shift: the frame stays put

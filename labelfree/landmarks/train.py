@@ -135,6 +135,7 @@ def random_warp_points(
     sigma_px: float,
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
+    shift_px: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Control points of random smooth warps, as :func:`random_warps` draws them.
 
@@ -150,6 +151,9 @@ def random_warp_points(
         Source of randomness.
     dtype : torch.dtype
         Of the result.
+    shift_px : float
+        Std in pixels of a global translation on top (corners included), so
+        that no part of the frame stays put; drawn after the local moves.
 
     Returns
     -------
@@ -165,6 +169,9 @@ def random_warp_points(
     pixel = 2.0 / (torch.tensor(tuple(shape)[::-1], dtype=dtype) - 1)
     delta = torch.randn(batch, len(grid), ndim, generator=generator, dtype=dtype)
     delta = torch.cat([delta * sigma_px * pixel, torch.zeros(batch, 2**ndim, ndim, dtype=dtype)], 1)
+    if shift_px > 0:
+        shift = torch.randn(batch, 1, ndim, generator=generator, dtype=dtype)
+        delta = delta + shift * shift_px * pixel
     target = control.expand(batch, -1, -1)
     return target, target + delta
 
@@ -206,6 +213,7 @@ def equivariance_error(
     sigma_px: float,
     noise_std: float,
     generator: torch.Generator | None,
+    shift_px: float = 0.0,
 ) -> torch.Tensor:
     """Mean squared landmark disagreement under a random smooth warp (normalised units).
 
@@ -221,8 +229,9 @@ def equivariance_error(
         ``(B, C, *shape)`` images without input noise.
     points : Tensor
         ``(B, K, D)`` landmarks the model found on (noisy) ``clean``.
-    sigma_px, noise_std, generator
-        Warp std in pixels, input noise std, source of randomness.
+    sigma_px, noise_std, generator, shift_px
+        Warp std in pixels, input noise std, source of randomness, std of the
+        warp's global shift in pixels (:func:`random_warp_points`).
 
     Returns
     -------
@@ -230,7 +239,7 @@ def equivariance_error(
         Scalar: mean over images and landmarks of the squared distance.
     """
     target, source = random_warp_points(
-        clean.shape[0], clean.shape[2:], sigma_px, generator, clean.dtype
+        clean.shape[0], clean.shape[2:], sigma_px, generator, clean.dtype, shift_px
     )
     target, source = target.to(clean.device), source.to(clean.device)
     inputs = warp_image(clean, target, source, field_stride=4)
@@ -256,6 +265,7 @@ def _pair_loss(
     bending: float = 0.0,
     equivariance: float = 0.0,
     equivariance_px: float = 4.0,
+    equivariance_shift_px: float = 0.0,
 ):
     unique, inverse = np.unique(np.concatenate([src, tgt]), return_inverse=True)
     clean = stack[unique]
@@ -280,7 +290,9 @@ def _pair_loss(
         bending=bending,
     )
     if equivariance > 0:
-        error = equivariance_error(model, clean, points, equivariance_px, noise_std, generator)
+        error = equivariance_error(
+            model, clean, points, equivariance_px, noise_std, generator, equivariance_shift_px
+        )
         terms.equivariance = error
         terms.total = terms.total + equivariance * error
     return terms
@@ -311,6 +323,7 @@ def train_landmarks_steps(
     bending: float = 0.0,
     equivariance: float = 0.0,
     equivariance_px: float | None = None,
+    equivariance_shift_px: float = 0.0,
     prior_fade: float | None = 0.25,
 ) -> Generator[Progress, None, TrainResult]:
     """Train a landmark regressor, step by step.
@@ -374,6 +387,10 @@ def train_landmarks_steps(
     equivariance_px : float, optional
         Displacement std in input pixels of the equivariance warps
         (:data:`DEFAULT_EQUIVARIANCE_PX` by default).
+    equivariance_shift_px : float
+        Std in input pixels of a global shift added to each equivariance warp,
+        so that landmarks gain nothing by moving to the image border, which
+        the warps would otherwise leave in place.
     prior_fade : float or None
         Heatmap head only: its Gaussian start prior (which puts every
         image's landmarks at the same place at first) fades linearly to
@@ -462,6 +479,7 @@ def train_landmarks_steps(
                 bending,
                 equivariance,
                 equivariance_px,
+                equivariance_shift_px,
             )
             optimiser.zero_grad(set_to_none=True)
             if torch.isfinite(terms.total):
@@ -489,6 +507,7 @@ def train_landmarks_steps(
             bending=bending,
             equivariance=equivariance,
             equivariance_px=equivariance_px,
+            equivariance_shift_px=equivariance_shift_px,
         )
         history["train"].append(float(np.mean(losses)) if losses else float("nan"))
         history["val"].append(val_total)
@@ -513,6 +532,7 @@ def train_landmarks_steps(
         "bending": bending,
         "equivariance": equivariance,
         "equivariance_px": equivariance_px,
+        "equivariance_shift_px": equivariance_shift_px,
         "prior_fade": prior_fade if head == "heatmap" else None,
         "n_train": len(train_idx) if len(val_idx) != len(images) else len(images),
         "n_val": len(val_idx),
