@@ -70,6 +70,12 @@ def buildParser() -> argparse.ArgumentParser:
     common(landmarks)
     landmarks.add_argument("--landmarks", type=int, required=True, help="number of landmarks K")
     landmarks.add_argument("--input-size", type=int, default=None, help="network input size")
+    landmarks.add_argument(
+        "--equivariance",
+        type=float,
+        default=0.0,
+        help="weight of the warp-equivariance term (0: off; bundled models 3000 2-D, 300 3-D)",
+    )
     return parser
 
 
@@ -90,6 +96,7 @@ def _options(args) -> dict:
         options["init_model"] = args.init_model
     else:
         options["n_landmarks"] = args.landmarks
+        options["equivariance"] = args.equivariance
         if args.input_size is not None:
             options["input_size"] = args.input_size
     return options

@@ -84,7 +84,14 @@ def test_trains_a_tiny_landmark_model(tmp_path):
     inputs = _writePhantoms(tmp_path)
     out = tmp_path / "models" / "landmarks.pt"
     command = trainingCommand(
-        "landmarks", inputs, out, landmarks=4, epochs=1, input_size=64, device="cpu"
+        "landmarks",
+        inputs,
+        out,
+        landmarks=4,
+        epochs=1,
+        input_size=64,
+        device="cpu",
+        equivariance=5,
     )
     process = _run(command)
     assert process.returnCode == 0, "\n".join(process.log)
@@ -94,6 +101,7 @@ def test_trains_a_tiny_landmark_model(tmp_path):
     model = load_model(out, kind="landmarks")
     card = json.loads(out.with_name("landmarks.card.json").read_text())
     assert card["landmarks"] == 4 == model.card["landmarks"]
+    assert card["training"]["equivariance"] == 5.0
 
 
 def test_adapts_a_cuts_model_to_a_volume_and_uses_it(tmp_path, scene, obliqueVolumeNode, ijkToRas):
