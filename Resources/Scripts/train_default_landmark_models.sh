@@ -19,9 +19,9 @@ mkdir -p "$WEIGHTS"
 # 2-D: 130 Shepp-Logan phantoms at 128x128 (100 train of which 20 validate, 30 test).
 python "$SCRIPT" phantom "$WORK/phantom" --n-train 100 --n-test 30 --size 128 --seed 1
 python "$SCRIPT" train "$WORK/phantom" "$WEIGHTS/landmarks_2d.pt" --landmarks 26 \
-    --epochs 240 --lr 1e-3 --batch-size 16 --seed 0 --head heatmap --bending 0.05 \
-    --equivariance 300 \
-    --description "Shepp-Logan phantoms under random smooth TPS warps, 128x128, 26 landmarks + 4 corners, heatmap head, bending 0.05, equivariance 300"
+    --epochs 240 --lr 1e-3 --batch-size 16 --seed 0 --head heatmap --bending 0 \
+    --equivariance 3000 \
+    --description "Shepp-Logan phantoms under random smooth TPS warps, 128x128, 26 landmarks + 4 corners, heatmap head (prior faded over the first quarter), equivariance 3000, no bending"
 python "$SCRIPT" evaluate "$WEIGHTS/landmarks_2d.pt" "$WORK/phantom"
 
 # 3-D: 80 warps of the MNI152 T1 brain (nilearn), cropped to the brain and resampled to 64^3.
