@@ -149,6 +149,10 @@ def test_coincident_landmarks_are_refused():
     # Dropping one of the pair (it carries no importance) gives usable landmarks.
     model = _constant_model(coincident, importance=[0.5, 1.0, 0.8, 0.0])
     assert detect_landmarks(image, model, keep=3).names == ["LM-01", "LM-02", "LM-03"]
+    # Near-duplicates (0.3 px apart at the 48-voxel input) are two landmarks, not a collapse.
+    near = NORMALISED.copy()
+    near[3] = near[1] + np.array([0.3 * 2 / 47, 0.0, 0.0])
+    assert len(detect_landmarks(image, _constant_model(near))) == 4
 
 
 def test_dimension_mismatch_and_bad_model_files(tmp_path):
