@@ -4,7 +4,6 @@ and detect on a whole uncropped brain volume (the models were trained on head cr
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from labelfree.landmarks.detect import detect_landmarks
 from labelfree.landmarks.metrics import correspondence_error
