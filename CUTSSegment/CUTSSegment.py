@@ -22,6 +22,12 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+# From source (Additional module paths), LabelFreeLib and labelfree sit one folder up;
+# Slicer puts only this module's folder on sys.path (qSlicerScriptedLoadableModuleFactory.cxx).
+_SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.path.isdir(os.path.join(_SOURCE_ROOT, "LabelFreeLib")) and _SOURCE_ROOT not in sys.path:
+    sys.path.append(_SOURCE_ROOT)
+
 #
 # CUTSSegment
 #
@@ -264,7 +270,7 @@ class CUTSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._stopRun()
             self.ui.statusLabel.text = _("Cancelled; nothing was added to the scene.")
             return
-        from LabelFreeDependencies import ensureDependencies
+        from LabelFreeLib.dependencies import ensureDependencies
 
         with slicer.util.tryWithErrorDisplay(
             _("Failed to start the segmentation."), waitCursor=True
@@ -281,7 +287,7 @@ class CUTSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 device=p.device.value,
                 seed=p.seed,
             )
-            self._setBusy(True, _("Cancel"))
+            self._updateBusyState()
             self._timer.start()
 
     def onTimer(self) -> None:
@@ -299,7 +305,7 @@ class CUTSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except StopIteration as done:
             self._steps = None
             self._timer.stop()
-            self._setBusy(False)
+            self._updateBusyState()
             self._showResult(done.value)
         except Exception as err:  # noqa: BLE001 -- shown to the user; the scene is unchanged
             self._stopRun()
@@ -314,23 +320,26 @@ class CUTSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._steps.close()
             self._steps = None
         self._timer.stop()
-        self._setBusy(False)
+        self._updateBusyState()
 
     def _showProgress(self, report) -> None:
         self.ui.progressBar.value = int(round(100 * report.fraction))
         self.ui.statusLabel.text = report.message
 
-    def _setBusy(self, busy: bool, buttonText: str = "") -> None:
-        self.ui.progressBar.visible = busy
-        if busy:
+    def _updateBusyState(self) -> None:
+        """Buttons and progress follow what runs (a run, a training, both or neither), so ending
+        one never resets the other's Cancel button."""
+        running, training = self._steps is not None, self._training is not None
+        if not self.ui.progressBar.visible and (running or training):
             self.ui.progressBar.value = 0
-        self.ui.applyButton.text = buttonText if busy and self._steps is not None else _("Apply")
+        self.ui.progressBar.visible = running or training
+        self.ui.applyButton.text = _("Cancel") if running else _("Apply")
         self.ui.adaptButton.text = (
-            buttonText if busy and self._training is not None else _("Adapt model to this volume")
+            _("Cancel adaptation") if training else _("Adapt model to this volume")
         )
-        self.ui.applyButton.enabled = not busy or self._steps is not None
-        self.ui.adaptButton.enabled = not busy or self._training is not None
-        if not busy:
+        self.ui.applyButton.enabled = running or not training
+        self.ui.adaptButton.enabled = training or not running
+        if not running and not training:
             self._checkCanApply()
 
     def _showResult(self, result) -> None:
@@ -461,14 +470,12 @@ class CUTSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onAdaptButton(self) -> None:
         """Train the encoder further on the input volume in a subprocess; cancel if running."""
         if self._training is not None:
+            # Never blocks: the timer keeps polling until the whole process group has ended.
             self._training.cancel()
-            self._training = None
-            self._timer.stop()
-            self._setBusy(False)
-            self.ui.statusLabel.text = _("Adaptation cancelled; the model is unchanged.")
+            self.ui.statusLabel.text = _("Cancelling the adaptation...")
             return
-        from LabelFreeDependencies import ensureDependencies
-        from LabelFreeTraining import TrainingProcess
+        from LabelFreeLib.dependencies import ensureDependencies
+        from LabelFreeLib.training import TrainingProcess
 
         with slicer.util.tryWithErrorDisplay(
             _("Failed to start adapting the model."), waitCursor=True
@@ -489,8 +496,8 @@ class CUTSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 device=p.device.value,
                 python=pythonSlicerExecutable(),
             )
-            self._training = TrainingProcess(command, popen=slicer.util.launchConsoleProcess)
-            self._setBusy(True, _("Cancel adaptation"))
+            self._training = TrainingProcess(command, env=slicer.util.startupEnvironment())
+            self._updateBusyState()
             self._timer.setInterval(200)
             self._timer.start()
 
@@ -502,12 +509,15 @@ class CUTSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         training, self._training = self._training, None
         self._timer.stop()
         self._timer.setInterval(0)
-        self._setBusy(False)
+        self._updateBusyState()
         if training.succeeded:
-            self._parameterNode.modelPath = training.modelPath
+            if self._parameterNode is not None:  # None while the scene is being closed
+                self._parameterNode.modelPath = training.modelPath
             self.ui.statusLabel.text = _(
                 "Adapted model saved to {path}; press Apply to use it."
             ).format(path=training.modelPath)
+        elif training.cancelled:
+            self.ui.statusLabel.text = _("Adaptation cancelled; the model is unchanged.")
         else:
             slicer.util.errorDisplay(
                 _("Adapting the model failed: {error}").format(
@@ -547,7 +557,8 @@ class CUTSSegmentTest(ScriptedLoadableModuleTest):
         """A synthetic phantom through Apply's logic, level switching, a pick and both exports."""
         import numpy as np
         from CUTSSegmentLib import CUTSSegmentLogic
-        from LabelFreeMRML import arrayFromVolumeNode
+
+        from LabelFreeLib.mrml import arrayFromVolumeNode
 
         self.delayDisplay("Starting the test")
         shape = (6, 48, 56)

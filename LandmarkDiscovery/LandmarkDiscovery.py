@@ -10,7 +10,6 @@ from typing import Annotated
 import qt
 import slicer
 import vtk
-from LandmarkDiscoveryLib import LandmarkDiscoveryLogic
 from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -21,6 +20,14 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
+
+# From source (Additional module paths), LabelFreeLib and labelfree sit one folder up;
+# Slicer puts only this module's folder on sys.path (qSlicerScriptedLoadableModuleFactory.cxx).
+_SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.path.isdir(os.path.join(_SOURCE_ROOT, "LabelFreeLib")) and _SOURCE_ROOT not in sys.path:
+    sys.path.append(_SOURCE_ROOT)
+
+from LandmarkDiscoveryLib import LandmarkDiscoveryLogic  # noqa: E402 (needs the path above)
 
 #
 # LandmarkDiscovery
@@ -241,9 +248,9 @@ class LandmarkDiscoveryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def _ensureDependencies(self) -> bool:
         """Ask for consent and install torch and the engine's packages, if they are missing."""
-        import LabelFreeDependencies
+        from LabelFreeLib import dependencies
 
-        return LabelFreeDependencies.ensureDependencies(requester=_("Landmark Discovery"))
+        return dependencies.ensureDependencies(requester=_("Landmark Discovery"))
 
     def onApplyButton(self) -> None:
         """Run processing when user clicks "Apply" button."""
@@ -341,12 +348,13 @@ class LandmarkDiscoveryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     def onTrainButton(self) -> None:
         """Train a landmark model in a subprocess; cancel it if one is running."""
         if self._training is not None:
-            self._stopTraining()
-            self.ui.statusLabel.text = _("Training cancelled; no model was written.")
+            # Never blocks: the timer keeps polling until the whole process group has ended.
+            self._training.cancel()
+            self.ui.statusLabel.text = _("Cancelling the training...")
             return
         if not self._ensureDependencies():
             return
-        from LabelFreeTraining import TrainingProcess, trainingCommand
+        from LabelFreeLib.training import TrainingProcess, trainingCommand
 
         with slicer.util.tryWithErrorDisplay(_("Failed to start training."), waitCursor=True):
             p = self._parameterNode
@@ -372,7 +380,7 @@ class LandmarkDiscoveryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 epochs=p.trainEpochs,
                 device=p.device,
             )
-            self._training = TrainingProcess(command, popen=slicer.util.launchConsoleProcess)
+            self._training = TrainingProcess(command, env=slicer.util.startupEnvironment())
             self.ui.trainButton.text = _("Cancel training")
             self.ui.progressBar.value = 0
             self.ui.progressBar.show()
@@ -391,11 +399,14 @@ class LandmarkDiscoveryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._training = None
         self._stopTraining()
         if training.succeeded:
-            self._parameterNode.modelPath = training.modelPath
-            self._parameterNode.useBundledModel = False
+            if self._parameterNode is not None:  # None while the scene is being closed
+                self._parameterNode.modelPath = training.modelPath
+                self._parameterNode.useBundledModel = False
             self.ui.statusLabel.text = _("Model saved to {path}; press Apply to use it.").format(
                 path=str(training.modelPath)
             )
+        elif training.cancelled:
+            self.ui.statusLabel.text = _("Training cancelled; no model was written.")
         else:
             slicer.util.errorDisplay(
                 _("Training failed: {error}").format(
@@ -408,7 +419,7 @@ class LandmarkDiscoveryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self._trainingTimer.stop()
             self._trainingTimer = None
         if self._training is not None:
-            self._training.cancel()  # the trainer writes its model atomically: nothing is left
+            self._training.cancel()  # the application is closing: SIGTERM to the whole group
             self._training = None
         if hasattr(self, "ui"):
             self.ui.trainButton.text = _("Train")

@@ -32,7 +32,13 @@ from typing import Any
 import numpy as np
 import slicer
 import vtk
-from LabelFreeMRML import (
+from vtk.util import numpy_support
+
+from CUTSSegmentLib import export, segments
+from labelfree.errors import InputError
+from labelfree.io import Image
+from labelfree.progress import Progress, Steps, run_steps
+from LabelFreeLib.mrml import (
     createColorTableNode,
     createLabelmapNode,
     distinctColors,
@@ -42,12 +48,6 @@ from LabelFreeMRML import (
     sceneOrDefault,
     volumeNodeToImage,
 )
-from vtk.util import numpy_support
-
-from CUTSSegmentLib import export, segments
-from labelfree.errors import InputError
-from labelfree.io import Image
-from labelfree.progress import Progress, Steps, run_steps
 
 MODULE_NAME = "CUTSSegment"
 METHODS = ("levels", "persistent", "kmeans")
@@ -408,13 +408,12 @@ class CUTSSegmentLogic:
     ) -> list[str]:
         """Write the volume to ``workDir`` and return the command that adapts a model to it.
 
-        Run the command with :class:`LabelFreeTraining.TrainingProcess` (the GUI polls
+        Run the command with :class:`LabelFreeLib.training.TrainingProcess` (the GUI polls
         it from a timer); it writes ``modelOut`` and its card only if training finishes.
         ``initModel`` None starts from the bundled model.
         """
-        from LabelFreeTraining import trainingCommand
-
         from labelfree.io import write_image
+        from LabelFreeLib.training import trainingCommand
 
         image = volumeNodeToImage(inputVolumeNode)
         volumePath = write_image(image, Path(workDir) / "adapt_input.nrrd")

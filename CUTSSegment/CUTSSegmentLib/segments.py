@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 import slicer
 import vtk
-from LabelFreeMRML import ijkToRasFromImage, placeInSubjectHierarchyBeside, removeNodes
 from vtk.util import numpy_support
 
 from labelfree.errors import InputError
 from labelfree.io import Image
+from LabelFreeLib.mrml import ijkToRasFromImage, placeInSubjectHierarchyBeside, removeNodes
 
 TAG_PREFIX = "LabelFree."
 
@@ -105,7 +105,7 @@ def segmentMask(segmentationNode, segmentId: str, referenceVolumeNode) -> np.nda
         slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
             segmentationNode, ids, labelmapNode, referenceVolumeNode
         )
-        from LabelFreeMRML import arrayFromVolumeNode
+        from LabelFreeLib.mrml import arrayFromVolumeNode
 
         return arrayFromVolumeNode(labelmapNode) > 0
     finally:

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import slicer
 import vtk
-from LabelFreeMRML import placeInSubjectHierarchyBeside, sceneOrDefault, volumeNodeToImage
 
 from labelfree.errors import InputError, ModelFileError
 from labelfree.io import Image, lps_to_ras
+from LabelFreeLib.mrml import placeInSubjectHierarchyBeside, sceneOrDefault, volumeNodeToImage
 
 from .batch import batchDetectSteps, listVolumes
 from .export import exportLandmarksNode
@@ -242,7 +242,7 @@ class LandmarkDiscoveryLogic:
 
         Volumes are written in world geometry (parent transforms hardened) to
         ``workDir/<name>.nrrd`` for the headless trainer
-        (``Resources/Scripts/labelfree_train.py``, run by ``LabelFreeTraining``).
+        (``Resources/Scripts/labelfree_train.py``, run by ``LabelFreeLib.training``).
         The Siamese regressor learns from pairs, so at least two images are needed.
 
         Returns

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import vtk
-from LabelFreeMRML import updateVolumeFromArray
+
+from LabelFreeLib.mrml import updateVolumeFromArray
 
 
 def syntheticBlobs(shape=(24, 28, 32), seed=0):

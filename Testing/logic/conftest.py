@@ -4,7 +4,7 @@ The scene is bootstrapped like Slicer's application does it (and like
 trame-slicer's ``SlicerApp``): application logic, default colour nodes, then
 the volumes, segmentations, markups and subject hierarchy logics registered
 with the scene. Module folders (``CUTSSegment``, ``LandmarkDiscovery``,
-``LabelFreeCommon``) go on ``sys.path`` as they are inside Slicer.
+``LabelFreeLib``'s folder) go on ``sys.path`` as they are inside Slicer.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-MODULE_DIRS = ("LabelFreeCommon", "CUTSSegment", "LandmarkDiscovery")
+MODULE_DIRS = ("", "CUTSSegment", "LandmarkDiscovery")  # "": the root holds LabelFreeLib
 for _name in MODULE_DIRS:
-    _path = str(ROOT / _name)
+    _path = str(ROOT / _name) if _name else str(ROOT)
     if _path not in sys.path:
         sys.path.insert(0, _path)
 

@@ -12,12 +12,12 @@ pytest.importorskip("labelfree.cuts.volume")
 
 from CUTSSegmentLib import CUTSSegmentLogic  # noqa: E402 (conftest puts the module on sys.path)
 from CUTSSegmentLib.segments import segmentMask  # noqa: E402
-from LabelFreeMRML import arrayFromVolumeNode  # noqa: E402
 
 from labelfree.cuts.hint import binarise_by_point  # noqa: E402
 from labelfree.cuts.model import CutsModel, model_config, save_cuts_model  # noqa: E402
 from labelfree.errors import InputError, ModelFileError  # noqa: E402
 from labelfree.modelfile import ModelFile, save_model  # noqa: E402
+from LabelFreeLib.mrml import arrayFromVolumeNode  # noqa: E402
 
 RUN = {"maxLevels": 6, "seed": 0, "device": "cpu", "poolSize": 2048}
 

@@ -1,4 +1,4 @@
-"""LabelFreeMRML: volume nodes <-> engine images on a real MRML scene."""
+"""LabelFreeLib.mrml: volume nodes <-> engine images on a real MRML scene."""
 
 from __future__ import annotations
 
@@ -8,14 +8,13 @@ import pytest
 slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")
 
-import LabelFreeMRML  # noqa: E402  (the conftest puts LabelFreeCommon on sys.path)
-
 from labelfree.errors import InputError  # noqa: E402
 from labelfree.io import lps_to_ras  # noqa: E402
+from LabelFreeLib import mrml  # noqa: E402  (the conftest sets sys.path)
 
 
 def test_oblique_volume_geometry_round_trips(scene, obliqueVolumeNode, ijkToRas):
-    image = LabelFreeMRML.volumeNodeToImage(obliqueVolumeNode)
+    image = mrml.volumeNodeToImage(obliqueVolumeNode)
     assert image.array.shape == (6, 32, 40)
     assert image.channels == 1
     np.testing.assert_allclose(image.spacing, (0.8, 0.6, 2.5))
@@ -25,13 +24,13 @@ def test_oblique_volume_geometry_round_trips(scene, obliqueVolumeNode, ijkToRas)
     np.testing.assert_allclose(lps_to_ras(lps), expected[:3], atol=1e-9)
     # The image is a copy: editing it leaves the node alone.
     image.array[:] = 0
-    assert LabelFreeMRML.arrayFromVolumeNode(obliqueVolumeNode).max() > 0
+    assert mrml.arrayFromVolumeNode(obliqueVolumeNode).max() > 0
 
     labels = (np.arange(image.array.size).reshape(image.spatial_shape) % 3).astype(np.uint8)
-    colorNode = LabelFreeMRML.createColorTableNode(scene, ["a", "b"])
-    labelNode = LabelFreeMRML.createLabelmapNode(scene, labels, image, "labels", colorNode)
+    colorNode = mrml.createColorTableNode(scene, ["a", "b"])
+    labelNode = mrml.createLabelmapNode(scene, labels, image, "labels", colorNode)
     np.testing.assert_allclose(ijkToRas(labelNode), ijkToRas(obliqueVolumeNode), atol=1e-9)
-    np.testing.assert_array_equal(LabelFreeMRML.arrayFromVolumeNode(labelNode), labels)
+    np.testing.assert_array_equal(mrml.arrayFromVolumeNode(labelNode), labels)
     assert labelNode.GetDisplayNode().GetColorNodeID() == colorNode.GetID()
     assert colorNode.GetColorName(2) == "b"
 
@@ -46,7 +45,7 @@ def test_linear_parent_transform_is_hardened(scene, obliqueVolumeNode, ijkToRas)
     matrix.SetElement(1, 1, 0.0)
     transformNode.SetMatrixTransformToParent(matrix)
     obliqueVolumeNode.SetAndObserveTransformNodeID(transformNode.GetID())
-    image = LabelFreeMRML.volumeNodeToImage(obliqueVolumeNode)
+    image = mrml.volumeNodeToImage(obliqueVolumeNode)
     world = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
     expected = world @ ijkToRas(obliqueVolumeNode) @ np.array([1, 2, 3, 1.0])
     got = lps_to_ras(image.index_to_physical(np.array([[1, 2, 3]]))[0])
@@ -56,32 +55,32 @@ def test_linear_parent_transform_is_hardened(scene, obliqueVolumeNode, ijkToRas)
 def test_rgb_volume_keeps_three_channels(makeVolumeNode):
     rgba = np.random.default_rng(0).integers(0, 255, (1, 20, 30, 4), dtype=np.uint8)
     node = makeVolumeNode(rgba, vector=True, name="photo")
-    image = LabelFreeMRML.volumeNodeToImage(node)
+    image = mrml.volumeNodeToImage(node)
     assert image.channels == 3
     np.testing.assert_array_equal(image.array, rgba[..., :3])
 
 
 def test_bad_inputs_are_refused_clearly(scene, makeVolumeNode, obliqueVolumeNode):
     with pytest.raises(InputError, match="No input volume"):
-        LabelFreeMRML.volumeNodeToImage(None)
+        mrml.volumeNodeToImage(None)
     frames = np.zeros((4, 8, 8, 5), dtype=np.float32)
     with pytest.raises(InputError, match="4-D"):
-        LabelFreeMRML.volumeNodeToImage(makeVolumeNode(frames, vector=True, name="dwi"))
+        mrml.volumeNodeToImage(makeVolumeNode(frames, vector=True, name="dwi"))
     empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
     with pytest.raises(InputError, match="no voxels"):
-        LabelFreeMRML.volumeNodeToImage(empty)
+        mrml.volumeNodeToImage(empty)
     grid = scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "warp")
     obliqueVolumeNode.SetAndObserveTransformNodeID(grid.GetID())
     with pytest.raises(InputError, match="non-linear"):
-        LabelFreeMRML.volumeNodeToImage(obliqueVolumeNode)
+        mrml.volumeNodeToImage(obliqueVolumeNode)
 
 
 def test_ras_point_to_index(obliqueVolumeNode, ijkToRas):
-    image = LabelFreeMRML.volumeNodeToImage(obliqueVolumeNode)
+    image = mrml.volumeNodeToImage(obliqueVolumeNode)
     ras = ijkToRas(obliqueVolumeNode) @ np.array([7, 4, 3, 1.0])
-    assert LabelFreeMRML.rasToIjkIndex(image, ras[:3]) == (3, 4, 7)
+    assert mrml.rasToIjkIndex(image, ras[:3]) == (3, 4, 7)
     with pytest.raises(InputError, match="outside"):
-        LabelFreeMRML.rasToIjkIndex(image, ras[:3] + 1000.0)
+        mrml.rasToIjkIndex(image, ras[:3] + 1000.0)
 
 
 def test_subject_hierarchy_placement(scene, obliqueVolumeNode):
@@ -89,25 +88,25 @@ def test_subject_hierarchy_placement(scene, obliqueVolumeNode):
     folder = shNode.CreateFolderItem(shNode.GetSceneItemID(), "study")
     shNode.CreateItem(folder, obliqueVolumeNode)
     other = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "result")
-    LabelFreeMRML.placeInSubjectHierarchyBeside(scene, other, obliqueVolumeNode)
+    mrml.placeInSubjectHierarchyBeside(scene, other, obliqueVolumeNode)
     assert shNode.GetItemParent(shNode.GetItemByDataNode(other)) == folder
 
 
 def test_distinct_colors_are_distinct():
-    colors = LabelFreeMRML.distinctColors(40)
+    colors = mrml.distinctColors(40)
     distances = np.linalg.norm(colors[:, None] - colors[None], axis=-1)
     assert distances[~np.eye(40, dtype=bool)].min() > 0.02
 
 
 def test_requirements_are_found_and_checked(tmp_path):
-    import LabelFreeDependencies
+    from LabelFreeLib import dependencies
 
-    path = LabelFreeDependencies.requirementsPath()
+    path = dependencies.requirementsPath()
     assert path.name == "requirements.txt" and path.parent.name == "Resources"
-    assert LabelFreeDependencies._missingPackages(path) == []  # the test environment has them
+    assert dependencies._missingPackages(path) == []  # the test environment has them
     fake = tmp_path / "requirements.txt"
     fake.write_text("# comment\nscipy>=1.0\nno-such-package-labelfree>=1  # trailing\n")
-    assert LabelFreeDependencies._missingPackages(fake) == ["no-such-package-labelfree>=1"]
+    assert dependencies._missingPackages(fake) == ["no-such-package-labelfree>=1"]
 
 
 def test_logics_without_a_scene_say_how_to_pass_one():

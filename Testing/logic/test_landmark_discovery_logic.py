@@ -422,7 +422,7 @@ def test_training_inputs_from_scene_volumes(
     scene, obliqueVolumeNode, makeVolumeNode, phantomArray, tmp_path
 ):
     """What "Train" hands the headless trainer: the scene's volumes as files, in world geometry."""
-    from LabelFreeMRML import volumeNodeToImage
+    from LabelFreeLib.mrml import volumeNodeToImage
 
     logic = LandmarkDiscoveryLogic(scene)
     transformNode, _ = linearTransform(scene)
@@ -451,7 +451,7 @@ def test_headless_training_gives_a_model_the_logic_uses(
     it) on the scene's volumes, and its model finds landmarks on the volume (~30 s)."""
     import sys
 
-    from LabelFreeTraining import TrainingProcess, trainingCommand
+    from LabelFreeLib.training import TrainingProcess, trainingCommand
 
     logic = LandmarkDiscoveryLogic(scene)
     makeVolumeNode(phantomArray(seed=1), spacing=(1.0, 0.5, 2.0), name="second")
@@ -480,7 +480,7 @@ def test_logic_imports_without_torch_scipy_or_skimage():
 
     root = Path(__file__).resolve().parents[2]
     code = (
-        f"import sys; sys.path[:0] = [r'{root}/LabelFreeCommon', r'{root}/LandmarkDiscovery'];"
+        f"import sys; sys.path[:0] = [r'{root}', r'{root}/LandmarkDiscovery'];"
         "import LandmarkDiscoveryLib, LandmarkDiscoveryLib.testdata;"
         "print(sorted(m for m in ('torch', 'scipy', 'skimage') if m in sys.modules))"
     )

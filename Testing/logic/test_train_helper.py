@@ -1,6 +1,6 @@
 """The headless training helper (Resources/Scripts/labelfree_train.py) run as a child process.
 
-It is started the way the modules start it (LabelFreeTraining.TrainingProcess), with
+It is started the way the modules start it (LabelFreeLib.training.TrainingProcess), with
 plain ``python`` here; inside Slicer the same command runs under PythonSlicer.
 """
 
@@ -13,16 +13,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from LabelFreeTraining import (  # noqa: E402 (conftest puts LabelFreeCommon on sys.path)
+
+from labelfree.io import Image, lps_to_ras, write_image
+from labelfree.modelfile import load_model
+from labelfree.progress import Progress
+from LabelFreeLib.training import (  # noqa: E402 (conftest sets sys.path)
     TrainingProcess,
     parseProgressLine,
     trainingCommand,
     trainingScriptPath,
 )
-
-from labelfree.io import Image, lps_to_ras, write_image
-from labelfree.modelfile import load_model
-from labelfree.progress import Progress
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 240
@@ -143,21 +143,62 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path):
     assert not out.exists() and not process.succeeded
 
 
-def test_cancel_stops_training_and_writes_nothing(tmp_path):
+def _startedTraining(tmp_path, out, launcher=None, grace=5.0) -> TrainingProcess:
     inputs = _writePhantoms(tmp_path)
-    out = tmp_path / "cancelled.pt"
     command = trainingCommand(
         "landmarks", inputs, out, landmarks=4, epochs=500, input_size=64, device="cpu"
     )
-    process = TrainingProcess(command)
+    process = TrainingProcess((launcher or []) + command, grace=grace)
     deadline = time.monotonic() + TIMEOUT
     started = False
     while not started and process.running and time.monotonic() < deadline:
         started = any(r.fraction > 0 for r in process.poll())
         time.sleep(0.05)
     assert started, "\n".join(process.log)
-    process.cancel()
-    assert process.returnCode == 130, "\n".join(process.log)
-    assert not process.running
+    return process
+
+
+def test_cancel_stops_training_and_writes_nothing(tmp_path):
+    out = tmp_path / "cancelled.pt"
+    process = _startedTraining(tmp_path, out)
+    process.cancel()  # returns at once; polling sees the end
+    assert process.wait(timeout=60) == 130, "\n".join(process.log)
+    assert process.cancelled and not process.succeeded
     assert not out.exists()
     assert not list(tmp_path.glob(".cancelled.pt*"))
+
+
+# Like PythonSlicer (a CTK launcher): runs Python as a child, ignores SIGTERM, forwards nothing.
+_LAUNCHER = """
+import signal, subprocess, sys
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+child = subprocess.Popen(sys.argv[1:])
+print("CHILD", child.pid, flush=True)
+sys.exit(child.wait())
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="process groups are POSIX here")
+def test_cancel_ends_the_trainer_under_a_launcher_that_ignores_signals(tmp_path):
+    import os
+
+    launcher = tmp_path / "launcher.py"
+    launcher.write_text(_LAUNCHER)
+    out = tmp_path / "launched.pt"
+    process = _startedTraining(tmp_path, out, launcher=[sys.executable, str(launcher)], grace=2.0)
+    childPid = int(next(line.split()[1] for line in process.log if line.startswith("CHILD ")))
+    process.cancel()
+    process.wait(timeout=60)
+    assert not process.running and not process.succeeded
+    with pytest.raises(ProcessLookupError):
+        os.kill(childPid, 0)  # the trainer, the launcher's child, is gone too
+    time.sleep(0.5)
+    assert not out.exists() and not list(tmp_path.glob("*.pt"))
+
+
+def test_undecodable_output_is_kept_readable(tmp_path):
+    code = "import sys; sys.stdout.buffer.write(b'bad \\xff\\xfe bytes\\nRESULT m.pt\\n')"
+    process = TrainingProcess([sys.executable, "-c", code])
+    assert process.wait(timeout=30) == 0
+    assert process.log[0] == "bad \ufffd\ufffd bytes"
+    assert process.succeeded and process.modelPath == Path("m.pt")

@@ -1,11 +1,11 @@
 """Static checks of the extension's packaging and GUI wiring (no Slicer application needed).
 
-- every ``.py`` of the modules, of LabelFreeCommon and of the engine is installed by CMake;
+- every ``.py`` of the modules, of LabelFreeLib and of the engine is installed by CMake;
 - every widget the widget code names exists in the module's ``.ui`` with a fitting class;
 - every ``SlicerParameterName`` in a ``.ui`` names a parameter of the module's
   ``@parameterNodeWrapper`` class, on a widget class that Slicer's GUI connectors accept;
 - the boundaries of DESIGN.md hold (engine without slicer/vtk/qt; ``<Module>Lib`` and
-  LabelFreeCommon without qt/ctk/ScriptedLoadableModule; no torch at import time).
+  LabelFreeLib without qt/ctk/ScriptedLoadableModule; no torch at import time).
 
 Module files are parsed with ``ast``, never imported: ``qt`` and the GUI are not available here.
 """
@@ -24,7 +24,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULES = ("CUTSSegment", "LandmarkDiscovery")
-SHARED_DIRS = ("LabelFreeCommon",)
+SHARED_PACKAGE = "LabelFreeLib"
 
 
 # -- CMake parsing --------------------------------------------------------------------------
@@ -96,11 +96,38 @@ def test_every_module_script_is_listed_in_cmake(module):
         assert (moduleDir / resource).is_file(), f"{module}: missing resource {resource}"
 
 
-@pytest.mark.parametrize("shared", SHARED_DIRS)
-def test_shared_scripts_are_listed_in_cmake(shared):
-    variables = _cmakeSetLists(ROOT / shared / "CMakeLists.txt")
-    listed = {v for values in variables.values() for v in values if v.endswith(".py")}
-    assert set(_sourceFiles(ROOT / shared)) == listed
+def test_shared_package_is_listed_in_cmake():
+    listed = set(_cmakeSetLists(ROOT / "CMakeLists.txt")["LABELFREE_LIB_SCRIPTS"])
+    present = {f"{SHARED_PACKAGE}/{f}" for f in _sourceFiles(ROOT / SHARED_PACKAGE)}
+    assert f"{SHARED_PACKAGE}/__init__.py" in present
+    assert present == listed
+
+
+def _flatInstalledScripts() -> list[Path]:
+    """``.py`` files any CMakeLists.txt installs directly into the scripted-modules folder."""
+    scripts = []
+    for cmake in (
+        [ROOT / "CMakeLists.txt"]
+        + [ROOT / m / "CMakeLists.txt" for m in MODULES]
+        + [p for p in ROOT.glob("*/CMakeLists.txt") if p.parent.name not in MODULES]
+    ):
+        for name, files in _cmakeSetLists(cmake).items():
+            if name.endswith("SCRIPTS"):
+                scripts += [cmake.parent / f for f in files if "/" not in f and f.endswith(".py")]
+    return scripts
+
+
+def test_every_flat_installed_script_is_a_module():
+    """Slicer loads each .py directly in a module folder as a module and expects a class of
+    its name there (Base/QTGUI/qSlicerScriptedLoadableModuleFactory.cxx): shared code must
+    be a package in a subfolder."""
+    scripts = _flatInstalledScripts()
+    assert {p.stem for p in scripts} >= set(MODULES)
+    for path in scripts:
+        classes = {n.name for n in ast.parse(path.read_text()).body if isinstance(n, ast.ClassDef)}
+        assert path.stem in classes, (
+            f"{path.name} is installed as a module but has no class {path.stem}"
+        )
 
 
 def test_top_level_cmake_builds_every_module_and_installs_the_engine():
@@ -117,7 +144,7 @@ def test_top_level_cmake_builds_every_module_and_installs_the_engine():
         assert re.search(rf"set\({key}\s+\"[^\"]+\"\)", text), key
     assert re.search(r'set\(EXTENSION_DEPENDS\s+"[^"]*\bPyTorch\b', text)
     subdirs = re.findall(r"add_subdirectory\((\w+)\)", text)
-    for name in (*MODULES, *SHARED_DIRS):
+    for name in MODULES:
         assert name in subdirs, f"add_subdirectory({name}) missing"
         assert (ROOT / name / "CMakeLists.txt").is_file()
     for include in (
@@ -337,7 +364,7 @@ def test_engine_never_imports_slicer_vtk_or_qt():
 
 
 def _qtFreeFiles():
-    files = [ROOT / "LabelFreeCommon" / f for f in _sourceFiles(ROOT / "LabelFreeCommon")]
+    files = [ROOT / SHARED_PACKAGE / f for f in _sourceFiles(ROOT / SHARED_PACKAGE)]
     for module in MODULES:
         lib = ROOT / module / f"{module}Lib"
         files += [lib / f for f in _sourceFiles(lib)] if lib.is_dir() else []
@@ -355,8 +382,8 @@ def test_cuts_logic_imports_without_torch():
     """Slicer loads the module before torch is installed: the Lib must not import it eagerly."""
     pytest.importorskip("slicer")
     code = (
-        f"import sys; sys.path[:0] = [r'{ROOT}/LabelFreeCommon', r'{ROOT}/CUTSSegment'];"
-        "import CUTSSegmentLib, LabelFreeMRML, LabelFreeTraining;"
+        f"import sys; sys.path[:0] = [r'{ROOT}', r'{ROOT}/CUTSSegment'];"
+        "import CUTSSegmentLib, LabelFreeLib.mrml, LabelFreeLib.training;"
         "print(sorted(m for m in ('torch', 'scipy', 'skimage') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -418,3 +445,25 @@ def test_requirements_cover_the_engine_with_lower_bounds_only():
     thirdParty = imported - set(sys.stdlib_module_names) - _PROVIDED - _OPTIONAL - {"__future__"}
     needed = {_DISTRIBUTION.get(n, n).lower() for n in thirdParty}
     assert needed - names == set(), "engine imports missing from Resources/requirements.txt"
+
+
+MINIMUM_SLICER = "5.10"
+MINIMUM_PYTHON = (3, 10)  # the Python of Slicer 5.10
+
+
+def _slicerSideFiles() -> list[Path]:
+    files = [ROOT / m / f for m in MODULES for f in _sourceFiles(ROOT / m)]
+    files += [ROOT / SHARED_PACKAGE / f for f in _sourceFiles(ROOT / SHARED_PACKAGE)]
+    return files + [ROOT / "Resources" / "Scripts" / "labelfree_train.py"]
+
+
+@pytest.mark.parametrize("path", _slicerSideFiles(), ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_module_code_parses_for_the_minimum_slicer_python(path):
+    ast.parse(path.read_text(), feature_version=MINIMUM_PYTHON)
+
+
+def test_cmake_and_readme_state_the_minimum_slicer_version():
+    text = _cmakeText(ROOT / "CMakeLists.txt")
+    assert re.search(rf'Slicer_VERSION VERSION_LESS "{MINIMUM_SLICER}"', text)
+    assert text.index("find_package(Slicer") < text.index("Slicer_VERSION VERSION_LESS")
+    assert f"Slicer {MINIMUM_SLICER} or newer" in (ROOT / "README.md").read_text()

@@ -14,17 +14,14 @@ from pathlib import Path
 
 import slicer
 
+from LabelFreeLib import resourcePath
+
 TORCH_REQUIREMENT = ">=2.1"
 
 
 def requirementsPath() -> Path:
-    """``Resources/requirements.txt``: installed beside the modules, or in the source tree."""
-    here = Path(__file__).resolve().parent
-    for base in (here, here.parent):
-        candidate = base / "Resources" / "requirements.txt"
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError("LabelFree's Resources/requirements.txt is missing; reinstall it.")
+    """``Resources/requirements.txt``, installed beside the modules or in the source tree."""
+    return resourcePath("requirements.txt")
 
 
 def ensureTorch() -> bool:

@@ -25,25 +25,18 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from labelfree.progress import Progress
+from LabelFreeLib import resourcePath
 
 SCRIPT_NAME = "labelfree_train.py"
-_RESOURCES_NAME = "Resources"
 
 
 def trainingScriptPath() -> Path:
     """Where the headless training helper is, installed or in the source tree."""
-    here = Path(__file__).resolve().parent
-    # Installed: <qt-scripted-modules>/Resources/Scripts; source: <repo>/Resources/Scripts.
-    for base in (here, here.parent):
-        candidate = base / _RESOURCES_NAME / "Scripts" / SCRIPT_NAME
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(
-        f"{SCRIPT_NAME} is missing next to {here}; reinstall the LabelFree extension."
-    )
+    return resourcePath("Scripts", SCRIPT_NAME)
 
 
 def trainingCommand(method: str, inputs, out, python: str | None = None, **options) -> list[str]:
@@ -89,23 +82,36 @@ def parseProgressLine(line: str) -> Progress | None:
 class TrainingProcess:
     """A running training helper whose output is read on a thread and polled.
 
+    The helper runs in a process group (POSIX: a new session) of its own, so
+    cancel reaches every process under it. Inside Slicer the command starts
+    with ``PythonSlicer``, a CTK launcher that does not forward SIGTERM to the
+    ``python-real`` it runs (CTKAppLauncher), and
+    ``slicer.util.launchConsoleProcess`` (``Base/Python/slicer/util.py``)
+    starts no new session: signalling the launcher alone would leave the
+    trainer running. Nothing here blocks: :meth:`cancel` sends SIGTERM to the
+    group and :meth:`poll` sends SIGKILL once ``grace`` seconds have passed.
+
     Parameters
     ----------
     command : list of str
         From :func:`trainingCommand`.
-    popen : callable, optional
-        Starts the process from the command and returns a ``subprocess.Popen``
-        with text ``stdout`` (stderr merged). Inside Slicer pass
-        ``slicer.util.launchConsoleProcess`` to get Slicer's environment.
+    env : dict, optional
+        The environment; inside Slicer pass ``slicer.util.startupEnvironment()``
+        (what ``launchConsoleProcess`` uses). This process's environment by default.
+    grace : float
+        Seconds between SIGTERM and SIGKILL after a cancel.
     """
 
-    def __init__(self, command: list[str], popen=None):
+    def __init__(self, command: list[str], env: dict | None = None, grace: float = 5.0):
         self.command = list(command)
         self.log: list[str] = []
         self.modelPath: Path | None = None
         self.errorMessage = ""
+        self.cancelled = False
+        self._grace = grace
+        self._killAt: float | None = None
         self._lines: queue.Queue[str | None] = queue.Queue()
-        self._process = (popen or _startInNewSession)(self.command)
+        self._process = _startInOwnGroup(self.command, env)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -126,11 +132,14 @@ class TrainingProcess:
 
     @property
     def succeeded(self) -> bool:
-        """Ended with status 0 and reported its model file."""
+        """Ended with status 0 and reported its model file (possibly just before a cancel)."""
         return self.returnCode == 0 and self.modelPath is not None
 
     def poll(self) -> list[Progress]:
         """Drain the output read so far; returns the progress reports in it (never blocks)."""
+        if self._killAt is not None and time.monotonic() >= self._killAt:
+            self._killAt = None
+            _signalGroup(self._process, getattr(signal, "SIGKILL", signal.SIGTERM))
         reports = []
         while True:
             try:
@@ -150,28 +159,31 @@ class TrainingProcess:
         return reports
 
     def wait(self, timeout: float | None = None) -> int:
-        """Block until the process ends (scripts and tests), drain its output, return its status."""
-        code = self._process.wait(timeout=timeout)
-        self._reader.join(timeout=5)
-        self.poll()
-        return code
+        """Block until the process and its output end (scripts and tests only, never the GUI)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.running:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.command, timeout)
+            self.poll()
+            time.sleep(0.02)
+        return self._process.wait()
 
-    def cancel(self, grace: float = 5.0) -> None:
-        """Stop the process and its children: terminate, then kill after ``grace`` seconds."""
-        if self._process.poll() is not None:
+    def cancel(self) -> None:
+        """Ask the whole process group to stop (SIGTERM now, SIGKILL after the grace time).
+
+        Returns at once; keep polling until :attr:`running` is False. A model is
+        written only if the helper finished before the signal arrived, and then
+        :attr:`succeeded` says so.
+        """
+        if self._process.poll() is not None and not self._reader.is_alive():
             return
-        _signalTree(self._process, signal.SIGTERM)
-        try:
-            self._process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            _signalTree(self._process, getattr(signal, "SIGKILL", signal.SIGTERM))
-            self._process.wait()
-        self._reader.join(timeout=5)
-        self.poll()
+        self.cancelled = True
+        _signalGroup(self._process, signal.SIGTERM)
+        self._killAt = time.monotonic() + self._grace
 
 
-def _startInNewSession(command: list[str]) -> subprocess.Popen:
-    """Start with stdout+stderr piped as text, in its own process group (so cancel reaches children)."""
+def _startInOwnGroup(command: list[str], env: dict | None) -> subprocess.Popen:
+    """Start with stdout+stderr piped as text, in a process group of its own."""
     kwargs = {}
     if os.name == "posix":
         kwargs["start_new_session"] = True
@@ -179,25 +191,30 @@ def _startInNewSession(command: list[str]) -> subprocess.Popen:
         kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW
     return subprocess.Popen(
         command,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         text=True,
+        encoding="utf-8",
+        errors="replace",  # a stray byte in a log line must not kill the reader
         bufsize=1,
         **kwargs,
     )
 
 
-def _signalTree(process: subprocess.Popen, sig) -> None:
-    """Signal the process group when it has its own, else the process alone."""
+def _signalGroup(process: subprocess.Popen, sig) -> None:
+    """Signal every process of the helper's group (Windows: end the whole tree)."""
     if os.name == "posix":
         try:
-            if os.getpgid(process.pid) == process.pid:
-                os.killpg(process.pid, sig)
-                return
-        except ProcessLookupError:
-            return
-    if sig == signal.SIGTERM:
-        process.terminate()
-    else:
-        process.kill()
+            os.killpg(process.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass  # the group is gone already
+        return
+    # Windows: CTRL_BREAK reaches the group only with a console; taskkill /T ends the tree.
+    subprocess.run(
+        ["taskkill", "/F", "/T", "/PID", str(process.pid)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        creationflags=subprocess.CREATE_NO_WINDOW,
+    )

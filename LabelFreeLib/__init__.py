@@ -1,0 +1,24 @@
+"""Code shared by the CUTSSegment and LandmarkDiscovery modules (Qt-free).
+
+- :mod:`LabelFreeLib.mrml`: volume nodes <-> engine images, label maps, colours.
+- :mod:`LabelFreeLib.dependencies`: installing the Python packages, with consent.
+- :mod:`LabelFreeLib.training`: the training helper in a child process, polled.
+
+A package, not loose files: Slicer treats every ``.py`` directly in a module
+folder as a module of its own (``Base/QTGUI/qSlicerScriptedLoadableModuleFactory.cxx``).
+Importing it loads neither torch nor Qt.
+"""
+
+from pathlib import Path
+
+
+def resourcePath(*parts: str) -> Path:
+    """A file under the extension's ``Resources/`` folder, which sits beside this package.
+
+    Installed, the package, ``labelfree/`` and ``Resources/`` all lie in Slicer's
+    ``qt-scripted-modules`` folder; in the source tree they lie in the repository root.
+    """
+    path = Path(__file__).resolve().parent.parent.joinpath("Resources", *parts)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing; reinstall the LabelFree extension.")
+    return path
