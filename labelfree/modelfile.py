@@ -25,12 +25,13 @@ from typing import Any
 import torch
 
 from labelfree import __version__
-from labelfree.errors import ModelFileError
+from labelfree.errors import InputError, ModelFileError
 from labelfree.io import atomic_path
 
 FORMAT = "labelfree-model"
 FORMAT_VERSION = 1
 WEIGHTS_DIR = Path(__file__).parent / "weights"
+MODEL_SUFFIX = ".pt"
 
 
 @dataclass
@@ -142,3 +143,50 @@ def bundled_model_path(name: str) -> Path:
         available = sorted(p.name for p in WEIGHTS_DIR.glob("*.pt"))
         raise ModelFileError(f"No bundled model {name!r}; available: {available or 'none'}.")
     return path
+
+
+def check_training_output(out: str | os.PathLike, inputs) -> Path:
+    """Refuse, before any work, a model path that would overwrite an input or cannot be written.
+
+    Training writes ``out`` and, beside it, ``<stem>.card.json`` and ``<stem>.loss.png``.
+
+    Parameters
+    ----------
+    out : path-like
+        The model file to write; it must end in ``.pt``.
+    inputs : sequence of path-like
+        The training images (files or DICOM folders).
+
+    Returns
+    -------
+    Path
+        ``out`` as a ``Path``.
+
+    Raises
+    ------
+    InputError
+        When ``out`` has another suffix, is a folder, names or would replace an input,
+        lies below a file, or its folder exists but is not writable.
+    """
+    out = Path(out)
+    if out.suffix.lower() != MODEL_SUFFIX:
+        raise InputError(
+            f"--out {out} must be a model file ending in {MODEL_SUFFIX}, e.g. model.pt."
+        )
+    if out.is_dir():
+        raise InputError(f"--out {out} is a folder; give a file name such as {out / 'model.pt'}.")
+    folder = next((p for p in out.resolve().parents if p.exists()), None)
+    if folder is not None and not folder.is_dir():
+        raise InputError(f"--out {out} lies below the file {folder}; choose a folder.")
+    written = {out.resolve()} | {
+        out.with_name(out.stem + extra).resolve() for extra in (".card.json", ".loss.png")
+    }
+    for source in inputs:
+        resolved = Path(source).resolve()
+        if resolved in written or any(resolved in w.parents for w in written):
+            raise InputError(
+                f"--out {out} would overwrite the training input {source}; choose another name."
+            )
+    if folder is not None and not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"Cannot write into {folder}; choose a writable folder for --out.")
+    return out

@@ -77,6 +77,7 @@ from labelfree.cuts.normalise import default_normalisation, normalise
 from labelfree.devices import resolve_device
 from labelfree.errors import InputError, LabelFreeError
 from labelfree.io import atomic_path, read_image
+from labelfree.modelfile import check_training_output
 from labelfree.progress import Progress, ProgressCallback, run_steps
 
 HALF = RECEPTIVE_FIELD // 2
@@ -560,7 +561,7 @@ def train_from_files(
     """
     if not inputs:
         raise InputError("Give at least one image or volume to train on.")
-    out = Path(out)
+    out = check_training_output(out, inputs)
     images = [read_image(p) for p in inputs]
     channels = {im.channels for im in images}
     if len(channels) > 1:

@@ -38,6 +38,7 @@ from labelfree.landmarks.model import (
 )
 from labelfree.landmarks.regressor import LandmarkRegressor, corner_landmarks
 from labelfree.landmarks.tps import tps_map, warp_image
+from labelfree.modelfile import check_training_output
 from labelfree.progress import Progress, ProgressCallback, run_steps
 
 DEFAULT_INPUT_SIZE = {2: 128, 3: 48}
@@ -670,6 +671,7 @@ def train_from_files(
     paths = [Path(p) for p in inputs]
     if not paths:
         raise InputError("No training images were given; pass at least two files.")
+    out = check_training_output(out, paths)
     loaded = [read_image(p) for p in paths]
     dims = {img.ndim for img in loaded}
     if len(dims) > 1:
