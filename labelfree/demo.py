@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from labelfree.cliargs import seed
 from labelfree.io import Image, atomic_path, read_image, write_image
 from labelfree.progress import Progress, run_steps
 
@@ -37,7 +38,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed, default=0)
     parser.set_defaults(func=_main)
 
 

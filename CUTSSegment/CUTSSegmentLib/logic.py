@@ -300,7 +300,14 @@ class CUTSSegmentLogic:
         The label maps are cached as image data, so switching swaps a pointer.
         """
         result = self._requireResult()
-        levelIndex = int(min(max(levelIndex, 0), result.levelCount - 1))
+        if isinstance(levelIndex, bool) or not isinstance(levelIndex, (int, np.integer)):
+            raise InputError(f"The level must be a whole number, not {levelIndex!r}.")
+        if not 0 <= levelIndex < result.levelCount:
+            raise InputError(
+                f"Level {levelIndex} does not exist; choose 0 (coarsest) to "
+                f"{result.levelCount - 1} (finest)."
+            )
+        levelIndex = int(levelIndex)
         result.labelmapNode.SetAndObserveImageData(result._imageCache[levelIndex])
         result.levelIndex = levelIndex
         return result.clusterCounts[levelIndex]

@@ -44,6 +44,8 @@ def _makeEngineImportable() -> None:
 
 def buildParser() -> argparse.ArgumentParser:
     """The command line: ``{cuts,landmarks} INPUT... --out FILE [options]``."""
+    from labelfree.cliargs import seed
+
     parser = argparse.ArgumentParser(
         prog="labelfree_train.py",
         description="Train a LabelFree model on unlabeled images (headless).",
@@ -54,7 +56,7 @@ def buildParser() -> argparse.ArgumentParser:
         sub.add_argument("inputs", nargs="+", type=Path, help="images or volumes to learn from")
         sub.add_argument("--out", required=True, type=Path, help="model file to write (.pt)")
         sub.add_argument("--epochs", type=int, default=None, help="training epochs")
-        sub.add_argument("--seed", type=int, default=0, help="random seed (repeatable runs)")
+        sub.add_argument("--seed", type=seed, default=0, help="random seed (repeatable runs)")
         sub.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
     cuts = methods.add_parser("cuts", help="CUTS encoder (contrastive + reconstruction)")

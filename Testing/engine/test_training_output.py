@@ -73,3 +73,13 @@ def test_a_read_only_folder_is_refused_before_training(scans, tmp_path, capsys):
     locked.mkdir(mode=0o500)
     assert _train("cuts", scans, locked / "m.pt") == 2
     assert "writable" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seed", ["-1", "abc", str(2**32), "1.5"])
+def test_a_bad_seed_exits_2_with_a_message(seed, scans, tmp_path, capsys):
+    argv = ["cuts", "train", str(scans[0]), "--out", str(tmp_path / "m.pt"), "--seed", seed]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2
+    assert "is not a seed" in capsys.readouterr().err
+    assert not (tmp_path / "m.pt").exists()

@@ -270,3 +270,14 @@ def test_persistent_method_under_a_linear_transform(scene, obliqueVolumeNode, ti
     expected[:3, 3] += (12.0, 0.0, -7.5)
     np.testing.assert_allclose(ijkToRas(result.labelmapNode), expected, atol=1e-9)
     assert result.labelmapNode.GetParentTransformNode() is None
+
+
+def test_set_level_refuses_levels_that_do_not_exist(segmented):
+    """A script looping over levels must hear about a missing level, not get the last one again."""
+    count = segmented.result.levelCount
+    for bad in (count, 999, -1, -5, float("nan"), "abc", None, 1.0, True):
+        with pytest.raises(InputError, match="level|Level"):
+            segmented.setLevel(bad)
+    assert segmented.result.levelIndex == 1  # unchanged by the refusals
+    assert segmented.setLevel(np.int64(count - 1)) == segmented.result.clusterCounts[-1]
+    segmented.setLevel(1)

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from labelfree.cliargs import seed
 from labelfree.devices import DEVICE_CHOICES
 from labelfree.errors import InputError
 from labelfree.io import Image, atomic_path, read_image, write_image
@@ -58,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--model", type=Path, metavar="FILE", help="CUTS model file (default: bundled)"
     )
     seg.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
-    seg.add_argument("--seed", type=int, default=0, help="same seed, same labels (default 0)")
+    seg.add_argument("--seed", type=seed, default=0, help="same seed, same labels (default 0)")
     seg.add_argument(
         "--axis",
         default="auto",
@@ -82,7 +83,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("inputs", nargs="+", metavar="INPUT", help="images or volumes")
     train.add_argument("--out", required=True, type=Path, metavar="FILE", help="model file (.pt)")
     train.add_argument("--epochs", type=int, default=40)
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=seed, default=0)
     train.add_argument("--axis", type=int, choices=(0, 1, 2), help="numpy slicing axis of volumes")
     train.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     train.add_argument(

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from labelfree.cliargs import seed
 from labelfree.devices import DEVICE_CHOICES
 from labelfree.errors import InputError, LabelFreeError
 from labelfree.io import IMAGE_SUFFIXES
@@ -46,7 +47,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="images or volumes (2 or more)")
     p.add_argument("--out", required=True, type=Path, help="model file to write (.pt)")
     p.add_argument("--landmarks", required=True, type=int, metavar="K", help="learned landmarks")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--input-size", type=int, default=None, help="network input side (px)")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
@@ -114,7 +115,7 @@ def _add_importance(commands: argparse._SubParsersAction) -> None:
     p.add_argument("model", type=Path, metavar="MODEL")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="images (2 or more)")
     p.add_argument("--pairs", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--method", choices=("increase", "reference"), default="increase")
     p.set_defaults(func=_importance)
 
