@@ -272,11 +272,11 @@ class CUTSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         from LabelFreeLib.dependencies import ensureDependencies
 
+        if not ensureDependencies(_("CUTS Segment")):  # may prompt: no busy cursor yet
+            return
         with slicer.util.tryWithErrorDisplay(
             _("Failed to start the segmentation."), waitCursor=True
         ):
-            if not ensureDependencies(_("CUTS Segment")):
-                return
             p = self._parameterNode
             self._steps = self.logic.segmentSteps(
                 p.inputVolume,
@@ -477,11 +477,11 @@ class CUTSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from LabelFreeLib.dependencies import ensureDependencies
         from LabelFreeLib.training import TrainingProcess
 
+        if not ensureDependencies(_("CUTS Segment")):  # may prompt: no busy cursor yet
+            return
         with slicer.util.tryWithErrorDisplay(
             _("Failed to start adapting the model."), waitCursor=True
         ):
-            if not ensureDependencies(_("CUTS Segment")):
-                return
             p = self._parameterNode
             workDir = tempfile.mkdtemp(prefix="CUTSSegment-", dir=slicer.app.temporaryPath)
             modelsDir = Path(slicer.app.slicerUserSettingsFilePath).parent / "LabelFree" / "models"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -11,6 +13,8 @@ vtk = pytest.importorskip("vtk")
 from labelfree.errors import InputError  # noqa: E402
 from labelfree.io import lps_to_ras  # noqa: E402
 from LabelFreeLib import mrml  # noqa: E402  (the conftest sets sys.path)
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_oblique_volume_geometry_round_trips(scene, obliqueVolumeNode, ijkToRas):
@@ -103,10 +107,37 @@ def test_requirements_are_found_and_checked(tmp_path):
 
     path = dependencies.requirementsPath()
     assert path.name == "requirements.txt" and path.parent.name == "Resources"
-    assert dependencies._missingPackages(path) == []  # the test environment has them
+    toInstall = dependencies.requirementsToInstall(path)
+    assert dependencies._missingPackages(toInstall) == []  # the test environment has them
     fake = tmp_path / "requirements.txt"
     fake.write_text("# comment\nscipy>=1.0\nno-such-package-labelfree>=1  # trailing\n")
-    assert dependencies._missingPackages(fake) == ["no-such-package-labelfree>=1"]
+    missing = dependencies._missingPackages(dependencies.requirementsToInstall(fake))
+    assert missing == ["no-such-package-labelfree>=1"]
+
+
+def test_packages_slicer_bundles_are_never_installed():
+    """SimpleITK is built into Slicer with its own IO; scipy and numpy ship with it too."""
+    from LabelFreeLib import dependencies
+
+    toInstall = dependencies.requirementsToInstall(dependencies.requirementsPath())
+    names = {dependencies._requirementName(line).lower() for line in toInstall}
+    assert names and not names & {"simpleitk", "scipy", "numpy"}
+    assert "scikit-image" in names
+
+
+def test_torch_version_is_checked_against_the_requirement():
+    from LabelFreeLib.dependencies import torchVersionSatisfies
+
+    assert torchVersionSatisfies("2.13.0+cpu") and torchVersionSatisfies("2.1.0")
+    assert not torchVersionSatisfies("2.0.1") and not torchVersionSatisfies("1.13.1+cu117")
+    assert not torchVersionSatisfies("garbage")
+
+
+def test_slicer_packaging_is_imported_by_name():
+    """Slicer 5.12 imports slicer.packaging lazily; getattr(slicer, "packaging") misses it."""
+    source = (ROOT / "LabelFreeLib" / "dependencies.py").read_text()
+    assert "import slicer.packaging" in source
+    assert 'getattr(slicer, "packaging"' not in source
 
 
 def test_logics_without_a_scene_say_how_to_pass_one():
