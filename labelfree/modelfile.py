@@ -108,6 +108,8 @@ def load_model(path: str | os.PathLike, kind: str | None = None) -> ModelFile:
         of the wrong kind.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ModelFileError(f"{path} is a folder; give a model file (.pt) inside it.")
     if not path.is_file():
         raise ModelFileError(f"Model file not found: {path}.")
     try:

@@ -83,3 +83,18 @@ def test_a_bad_seed_exits_2_with_a_message(seed, scans, tmp_path, capsys):
     assert exit_.value.code == 2
     assert "is not a seed" in capsys.readouterr().err
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_a_folder_given_as_model_is_named_a_folder(scans, tmp_path, capsys):
+    argv = [
+        "cuts",
+        "segment",
+        str(scans[0]),
+        "--out",
+        str(tmp_path / "seg"),
+        "--model",
+        str(tmp_path),
+    ]
+    assert cli.main(argv) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert not (tmp_path / "seg").exists()
