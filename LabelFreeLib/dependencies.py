@@ -114,7 +114,7 @@ def ensureDependencies(requester: str) -> bool:
         return False
 
 
-_IMPORT_NAMES = {"scikit-image": "skimage", "SimpleITK": "SimpleITK", "scipy": "scipy"}
+_IMPORT_NAMES = {"scikit-image": "skimage"}  # distribution -> import name, where they differ
 
 
 def _requirementName(line: str) -> str:

@@ -1,4 +1,5 @@
-"""Training refuses, before any work, a model path that would destroy an input or cannot be written."""
+"""Refused before any work: a training output that would destroy an input or cannot be
+written, a bad seed, and a folder given as a model file."""
 
 from __future__ import annotations
 
