@@ -24,7 +24,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from labelfree.errors import InputError
+from labelfree import filechecks
+from labelfree.errors import InputError, OutputError
+from labelfree.system import available_memory, free_disk
 
 IMAGE_SUFFIXES = (
     ".nrrd",
@@ -159,34 +161,47 @@ def to_sitk(image: Image) -> sitk.Image:
 def read_image(path: str | os.PathLike) -> Image:
     """Read anything SimpleITK reads: NRRD, NIfTI, MHA, PNG/JPG (RGB too), a DICOM folder.
 
-    A single-slice 3-D file (``z == 1``) is returned as a 2-D image.
+    A single-slice 3-D file (``z == 1``) is returned as a 2-D image. Before
+    ITK allocates anything, the header is checked against the payload and
+    the free memory, and a NIfTI file against its declared length (see
+    :mod:`labelfree.filechecks`).
 
     Raises
     ------
     InputError
-        If the path does not exist or cannot be read as an image.
+        If the path does not exist, is not a regular file or folder, is
+        truncated, would not fit in memory, or cannot be read as an image.
     """
     path = Path(path)
     if not path.exists():
         raise InputError(f"Input not found: {path}. Check the path.")
+    filechecks.check_readable_file(path)
     try:
         if path.is_dir():
-            reader = sitk.ImageSeriesReader()
-            series = reader.GetGDCMSeriesIDs(str(path))
-            if not series:
-                raise InputError(f"{path} is a folder without a DICOM series; give a file instead.")
-            reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
-            img = reader.Execute()
+            img = _read_dicom_folder(path)
         else:
+            filechecks.check_nifti_complete(path)
+            filechecks.check_declared_size(path, available_memory())
             img = sitk.ReadImage(str(path))
     except RuntimeError as err:
-        raise InputError(
-            f"Could not read {path} as an image ({str(err).strip().splitlines()[-1]}); "
-            "use NRRD, NIfTI, MHA, PNG/JPG or a DICOM folder."
-        ) from err
+        reason = str(err).strip().splitlines()[-1]
+        if path.name.lower().endswith(IMAGE_SUFFIXES):
+            advice = "the file is damaged or not what its name says; export it again"
+        else:
+            advice = "use NRRD, NIfTI, MHA, PNG/JPG or a DICOM folder"
+        raise InputError(f"Could not read {path} as an image ({reason}); {advice}.") from err
     if img.GetDimension() == 3 and img.GetSize()[2] == 1:
         img = img[:, :, 0]
     return _checked_components(from_sitk(img), path)
+
+
+def _read_dicom_folder(path: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    series = reader.GetGDCMSeriesIDs(str(path))
+    if not series:
+        raise InputError(f"{path} is a folder without a DICOM series; give a file instead.")
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
+    return reader.Execute()
 
 
 def _checked_components(image: Image, path: Path) -> Image:
@@ -209,15 +224,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     The temporary name keeps the file's suffixes (``.nii.gz``, ``.seg.nrrd``) so
     that writers choosing a format by extension still work. On error the
-    temporary file is removed and ``path`` is untouched.
+    temporary file is removed and ``path`` is untouched. An ``OSError`` (no
+    permission, full disk, a parent that is a file) becomes an
+    :class:`~labelfree.errors.OutputError` that names ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        suffix = "".join(path.suffixes)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         # mkstemp makes the file private (0600); give it the mode a plain open() would.
         umask = os.umask(0)
@@ -225,20 +243,122 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         if tmp_path.exists():
             tmp_path.chmod(0o666 & ~umask)
         os.replace(tmp_path, path)
+    except OSError as err:
+        raise OutputError(
+            f"Could not write {path} ({err.strerror or err}); choose a folder you can write "
+            "to, with free space."
+        ) from err
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
 
 
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write UTF-8 text atomically and read it back before the rename.
+
+    Raises
+    ------
+    OutputError
+        The file could not be written in full.
+    """
+    path = Path(path)
+    data = text.encode("utf-8")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+        if tmp.read_bytes() != data:
+            raise OutputError(f"{path} was not written in full; is the disk full?")
+    return path
+
+
+def check_format_keeps_geometry(image: Image, path: str | os.PathLike) -> None:
+    """Refuse a NIfTI file name for an image whose direction NIfTI cannot store.
+
+    NIfTI stores a rotation (an orthonormal direction); ITK writes a sheared
+    or non-orthogonal direction with a warning only, and the file then no
+    longer overlays its input.
+
+    Raises
+    ------
+    InputError
+        ``path`` ends in ``.nii`` or ``.nii.gz`` and the direction is not orthonormal.
+    """
+    if not Path(path).name.lower().endswith((".nii", ".nii.gz")):
+        return
+    direction = np.asarray(image.direction, dtype=float)
+    error = np.abs(direction.T @ direction - np.eye(len(direction))).max()
+    if error > 1e-4:
+        raise InputError(
+            f"This image's axes are not orthogonal (off by {error:.3f}), which NIfTI cannot "
+            f"store: {Path(path).name} would not overlay the image. Write NRRD or MHA instead."
+        )
+
+
 def write_image(image: Image, path: str | os.PathLike, compress: bool = True) -> Path:
-    """Write an :class:`Image` atomically (temporary file, then rename).
+    """Write an :class:`Image` atomically, and read it back before the rename.
+
+    ITK's writers can report success on a full disk with a truncated file, so
+    the written file is read back and compared (voxels and geometry) before
+    it takes ``path``'s name.
 
     Returns
     -------
     Path
         The written path.
+
+    Raises
+    ------
+    InputError
+        The format cannot keep the image's geometry (see :func:`check_format_keeps_geometry`).
+    OutputError
+        Not enough free disk space, no permission, or the file read back differs.
     """
     path = Path(path)
+    check_format_keeps_geometry(image, path)
+    free = free_disk(path.parent)
+    # A floor for compressed files (label maps shrink about 20-fold); exact otherwise.
+    compressed = compress and not path.name.lower().endswith(".nii")
+    needed = image.array.nbytes // (20 if compressed else 1)
+    if free is not None and free < needed:
+        raise OutputError(
+            f"Not enough free disk space for {path}: about {needed // 1024**2 + 1} MiB needed, "
+            f"{free // 1024**2} MiB free. Free some space or choose another folder."
+        )
     with atomic_path(path) as tmp:
-        sitk.WriteImage(to_sitk(image), str(tmp), useCompression=compress)
+        try:
+            sitk.WriteImage(to_sitk(image), str(tmp), useCompression=compress)
+        except RuntimeError as err:
+            reason = str(err).strip().splitlines()[-1]
+            raise OutputError(
+                f"Could not write {path} ({reason}); is the disk full or the folder read-only? "
+                "Nothing was replaced."
+            ) from err
+        _verify_written(image, tmp, path)
     return path
+
+
+def _verify_written(image: Image, tmp: Path, path: Path) -> None:
+    try:
+        filechecks.check_nifti_complete(tmp)
+        back = from_sitk(sitk.ReadImage(str(tmp)))
+    except (RuntimeError, InputError) as err:
+        raise OutputError(
+            f"{path} was not written in full (it reads back truncated or damaged); is the "
+            "disk full? Nothing was replaced."
+        ) from err
+    lossy = path.name.lower().endswith((".jpg", ".jpeg"))
+    if back.array.shape != image.array.shape or not (
+        lossy or np.array_equal(back.array, image.array, equal_nan=True)
+    ):
+        raise OutputError(
+            f"{path} reads back different from what was written; is the disk full? "
+            "Nothing was replaced."
+        )
+    if not (
+        np.allclose(back.spacing, image.spacing, rtol=1e-5, atol=1e-6)
+        and np.allclose(back.origin, image.origin, rtol=1e-5, atol=1e-4)
+        and np.allclose(back.direction, image.direction, atol=1e-5)
+    ):
+        raise OutputError(
+            f"{path.name} cannot store this image's geometry (spacing, origin or direction "
+            "would change); write NRRD instead. Nothing was replaced."
+        )

@@ -13,9 +13,11 @@
 
 All maps keep the input's geometry (spacing, origin, direction), so they
 overlay the input in Slicer; a 2-D input (RGB too) gives 2-D label images.
-Every file is written atomically, and ``summary.json`` last: a directory
-holds a complete result exactly when it holds a ``summary.json``. A previous
-run's summary is removed before the new files are written.
+A run writes into a hidden staging folder beside ``DIR`` and swaps it in
+when every file is written and read back (see :mod:`labelfree.resultdir`):
+``DIR`` holds one complete run or the previous one, never a mix; a
+``provenance.json`` (inputs with hashes, parameters, package versions)
+sits beside the results.
 """
 
 from __future__ import annotations
@@ -32,12 +34,14 @@ import numpy as np
 from labelfree.cliargs import seed
 from labelfree.devices import DEVICE_CHOICES
 from labelfree.errors import InputError
-from labelfree.io import Image, atomic_path, read_image, write_image
+from labelfree.io import Image, check_format_keeps_geometry, read_image, write_image, write_text
 from labelfree.progress import Progress, run_steps
+from labelfree.provenance import PROVENANCE, write_provenance
+from labelfree.resultdir import result_folder
 
 SUMMARY = "summary.json"
 FORMATS = ("nrrd", "nii.gz", "mha")
-_LEVEL_FILE = re.compile(r"^level_\d+\.(nrrd|nii\.gz|mha)$")
+_RESULT_FILE = re.compile(r"^(level_\d+|persistent|kmeans)\.(nrrd|nii\.gz|mha)$")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -148,42 +152,47 @@ def segment_to_folder(
     if file_format not in FORMATS:
         raise InputError(f"Unknown format {file_format!r}; choose one of {', '.join(FORMATS)}.")
     image = read_image(input_path)
-    result = run_steps(segment_volume_steps(image, model, **options), progress)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file; give a folder.")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / SUMMARY).unlink(missing_ok=True)
+    check_format_keeps_geometry(image, f"labels.{file_format}")
+    with result_folder(out, SUMMARY, _owned) as staging:
+        result = run_steps(segment_volume_steps(image, model, **options), progress)
+        summary = _write_result(image, result, staging, file_format)
+        summary.update(
+            input=str(input_path),
+            seed=int(options.get("seed", 0)),
+            options={key: value for key, value in options.items() if key != "seed"},
+        )
+        write_provenance(staging, [input_path], summary)
+        write_text(staging / SUMMARY, json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def _owned(name: str) -> bool:
+    """Names a segmentation run writes (a folder of only these is a previous result)."""
+    return bool(_RESULT_FILE.match(name)) or name in (SUMMARY, PROVENANCE)
+
+
+def _write_result(image: Image, result, folder: Path, file_format: str) -> dict[str, Any]:
     levels = []
     for index, (labels, count) in enumerate(zip(result.levels, result.n_clusters, strict=True)):
         name = f"level_{index:02d}.{file_format}"
-        _write_labels(image, labels, out / name)
+        _write_labels(image, labels, folder / name)
         persistence = result.persistence[index] if index < len(result.persistence) else None
         levels.append({"file": name, "clusters": int(count), "persistence": persistence})
     persistent = f"persistent.{file_format}"
-    _write_labels(image, result.persistent, out / persistent)
+    _write_labels(image, result.persistent, folder / persistent)
     kmeans = None
     if result.kmeans is not None:
         kmeans = f"kmeans.{file_format}"
-        _write_labels(image, result.kmeans, out / kmeans)
-    written = {entry["file"] for entry in levels}
-    for stale in out.iterdir():  # levels of an earlier, finer run in the same folder
-        if _LEVEL_FILE.match(stale.name) and stale.name not in written:
-            stale.unlink()
-    summary = {
+        _write_labels(image, result.kmeans, folder / kmeans)
+    return {
         "levels": levels,
         "persistent": persistent,
         "kmeans": kmeans,
         "seconds": {key: round(float(value), 3) for key, value in result.seconds.items()},
         "model": result.model_card,
-        "input": str(input_path),
         "axis": int(result.axis),
         "method": result.method,
-        "seed": int(options.get("seed", 0)),
     }
-    with atomic_path(out / SUMMARY) as tmp:
-        tmp.write_text(json.dumps(summary, indent=2, default=str))
-    return summary
 
 
 def _write_labels(image: Image, labels: np.ndarray, path: Path) -> None:

@@ -113,6 +113,7 @@ from labelfree.devices import resolve_device
 from labelfree.errors import InputError
 from labelfree.io import Image
 from labelfree.progress import Progress, run_steps
+from labelfree.system import available_memory
 
 __all__ = [
     "METHODS",
@@ -212,21 +213,6 @@ def choose_axis(image: Image, axis: int | str = "auto") -> int:
     if isinstance(axis, (bool, np.bool_)) or int(axis) not in (0, 1, 2) or int(axis) != axis:
         raise InputError(f"Slicing axis must be 0, 1 or 2 (numpy z, y, x), not {axis!r}.")
     return int(axis)
-
-
-def available_memory() -> int | None:
-    """Bytes of memory available to this process now (Linux, macOS), or None if unknown."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def estimate_memory(
