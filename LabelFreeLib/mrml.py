@@ -298,10 +298,20 @@ def placeInSubjectHierarchyBeside(scene, node, referenceNode) -> None:
 
 
 def removeNodes(scene, *nodes) -> None:
-    """Remove nodes with their display and storage nodes (plain MRML leaves those behind)."""
+    """Remove nodes with their display and storage nodes and subject hierarchy items.
+
+    Plain MRML leaves the attached nodes behind, and the subject hierarchy item
+    is removed only by the application's Qt plugin logic
+    (``qSlicerSubjectHierarchyPluginLogic::onNodeAboutToBeRemoved``, which calls
+    ``RemoveItem(item, false, false)``): outside the GUI it would stay, orphaned.
+    """
+    shNode = scene.GetSubjectHierarchyNode()
     for node in nodes:
         if node is None or node.GetScene() is None:
             continue
+        item = shNode.GetItemByDataNode(node) if shNode is not None else 0
+        if item:
+            shNode.RemoveItem(item, False, False)
         attached = []
         for getCount, getNth in (
             ("GetNumberOfDisplayNodes", "GetNthDisplayNode"),

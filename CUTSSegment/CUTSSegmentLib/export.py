@@ -1,8 +1,10 @@
 """Writing CUTS results with Slicer's own storage nodes (Qt-free, atomic).
 
-Files are written to a temporary name beside the target and renamed only when
-the writer succeeded, so a failed export never leaves a half-written file. The
-storage nodes are not added to the scene: exporting does not change it.
+Files are written to a temporary name beside the target, read back, and
+renamed only when they read back whole: the storage nodes report success on a
+full disk with a truncated file, so a failed export never leaves a
+half-written file. The storage nodes are not added to the scene: exporting
+does not change it.
 """
 
 from __future__ import annotations
@@ -10,10 +12,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import SimpleITK as sitk
 import slicer
 
-from labelfree.errors import InputError
+from labelfree import filechecks
+from labelfree.errors import InputError, OutputError
 from labelfree.io import atomic_path
+from LabelFreeLib.mrml import arrayFromVolumeNode
 
 LABELMAP_SUFFIXES = (".nrrd", ".nii.gz", ".nii", ".mha", ".mhd")
 SEGMENTATION_SUFFIXES = (".seg.nrrd",)
@@ -45,7 +50,7 @@ def exportLabelmapNode(labelmapNode, path: str | os.PathLike) -> Path:
         )
     storageNode = slicer.vtkMRMLVolumeArchetypeStorageNode()
     storageNode.SetUseCompression(True)
-    return _write(storageNode, labelmapNode, path)
+    return _write(storageNode, labelmapNode, path, arrayFromVolumeNode(labelmapNode))
 
 
 def exportSegmentationNode(segmentationNode, path: str | os.PathLike) -> Path:
@@ -60,11 +65,26 @@ def exportSegmentationNode(segmentationNode, path: str | os.PathLike) -> Path:
     return _write(storageNode, segmentationNode, path)
 
 
-def _write(storageNode, node, path: Path) -> Path:
+def _write(storageNode, node, path: Path, expected=None) -> Path:
     with atomic_path(path) as tmp:
         storageNode.SetFileName(str(tmp))
         if not storageNode.WriteData(node):
-            raise InputError(
+            raise OutputError(
                 f"Writing {path} failed; check that the folder is writable and has free space."
             )
+        _verifyWritten(tmp, path, expected)
     return path
+
+
+def _verifyWritten(tmp: Path, path: Path, expected) -> None:
+    """Read the file back: whole, and (for a label map) the same voxels."""
+    try:
+        filechecks.check_nifti_complete(tmp)
+        back = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp)))
+    except (RuntimeError, InputError) as error:
+        raise OutputError(
+            f"{path} was not written in full (it reads back damaged); is the disk full? "
+            "Nothing was replaced."
+        ) from error
+    if expected is not None and not (back.shape == expected.shape and (back == expected).all()):
+        raise OutputError(f"{path} reads back different from the label map; is the disk full?")

@@ -138,20 +138,6 @@ def test_a_writer_that_truncates_but_reports_success_replaces_nothing(tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.nii.gz"]
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 256 KiB tmpfs (needs root and mount permission; skipped otherwise)."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    yield disk
-    subprocess.run(["umount", str(disk)], check=True)
-
-
 @pytest.mark.parametrize("name", ["b.nii.gz", "b.nii", "b.nrrd", "b.mha"])
 def test_a_full_disk_gives_an_error_and_no_file(small_disk, name):
     volume = small_volume()  # 128 KiB of float32 noise: no format makes it fit twice

@@ -178,12 +178,19 @@ def _ijkToRas(node) -> np.ndarray:
 
 
 def _sceneSnapshot(scene) -> list[tuple[str, str]]:
-    """The IDs and classes of every node in the scene (to check that nothing changed)."""
+    """The IDs and classes of every node and subject hierarchy item (to check nothing changed)."""
     nodes = scene.GetNodes()
-    return sorted(
+    entries = [
         (nodes.GetItemAsObject(i).GetID(), nodes.GetItemAsObject(i).GetClassName())
         for i in range(nodes.GetNumberOfItems())
-    )
+    ]
+    shNode = scene.GetSubjectHierarchyNode()
+    items = vtk.vtkIdList()
+    shNode.GetItemChildren(shNode.GetSceneItemID(), items, True)
+    for index in range(items.GetNumberOfIds()):
+        dataNode = shNode.GetItemDataNode(items.GetId(index))
+        entries.append((f"item {items.GetId(index)}", dataNode.GetID() if dataNode else "folder"))
+    return sorted(entries)
 
 
 @pytest.fixture(scope="session")

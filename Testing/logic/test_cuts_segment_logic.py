@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -15,7 +17,7 @@ from CUTSSegmentLib.segments import segmentMask  # noqa: E402
 
 from labelfree.cuts.hint import binarise_by_point  # noqa: E402
 from labelfree.cuts.model import CutsModel, model_config, save_cuts_model  # noqa: E402
-from labelfree.errors import InputError, ModelFileError  # noqa: E402
+from labelfree.errors import InputError, LabelFreeError, ModelFileError  # noqa: E402
 from labelfree.modelfile import ModelFile, save_model  # noqa: E402
 from LabelFreeLib.mrml import arrayFromVolumeNode  # noqa: E402
 
@@ -281,3 +283,39 @@ def test_set_level_refuses_levels_that_do_not_exist(segmented):
     assert segmented.result.levelIndex == 1  # unchanged by the refusals
     assert segmented.setLevel(np.int64(count - 1)) == segmented.result.clusterCounts[-1]
     segmented.setLevel(1)
+
+
+def _fill(disk):
+    """Fill a small disk to the last byte."""
+    descriptor = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(descriptor, b"\0" * 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+@pytest.mark.parametrize("name", ["labels.nrrd", "labels.nii.gz", "labels.seg.nrrd"])
+def test_exports_to_unwritable_places_raise_the_projects_error(
+    segmented, tmp_path, small_disk, sceneSnapshot, name
+):
+    export = (
+        segmented.exportSegmentation if name.endswith(".seg.nrrd") else segmented.exportLabelmap
+    )
+    before = sceneSnapshot(segmented.scene)
+    aFile = tmp_path / "notes.txt"
+    aFile.write_text("kept")
+    (tmp_path / name).mkdir()  # a folder where the file should go
+    _fill(small_disk)
+    for target, reason in (
+        (aFile / name, "Could not write"),
+        (tmp_path / name, "Could not write"),
+        (small_disk / name, "disk"),
+    ):
+        with pytest.raises(LabelFreeError, match=reason):
+            export(target)
+    assert sceneSnapshot(segmented.scene) == before  # no node or subject hierarchy item left
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
+    assert aFile.read_text() == "kept" and not list((tmp_path / name).iterdir())

@@ -220,6 +220,20 @@ def test_export_refuses_unknown_suffix_and_empty_list(scene, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_export_to_unwritable_places_raises_the_projects_error(scene, tmp_path, small_disk):
+    logic = LandmarkDiscoveryLogic(scene)
+    markups = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "points")
+    for index in range(2000):  # about 300 KiB of .mrk.json: more than the small disk holds
+        markups.AddControlPoint(vtk.vtkVector3d(index, 2, 3), f"point {index}")
+    aFile = tmp_path / "notes.txt"
+    aFile.write_text("kept")
+    (tmp_path / "folder.fcsv").mkdir()
+    for target in (aFile / "x.mrk.json", tmp_path / "folder.fcsv", small_disk / "x.mrk.json"):
+        with pytest.raises(LabelFreeError, match="Could not write"):
+            logic.exportLandmarks(markups, target)
+    assert list(small_disk.iterdir()) == [] and aFile.read_text() == "kept"
+
+
 def writeBatchFolder(folder, phantomArray):
     """Three small volumes with different geometries, one broken file, one unrelated file."""
     folder.mkdir()
