@@ -60,8 +60,7 @@ def check_declared_size(path: Path, available: int | None) -> None:
     except RuntimeError:
         return  # sitk.ReadImage gives the reason, with the same error handling
     size = [int(s) for s in reader.GetSize()]
-    probe = sitk.Image([1] * len(size), reader.GetPixelID(), reader.GetNumberOfComponents())
-    voxel_bytes = probe.GetSizeOfPixelComponent() * max(1, reader.GetNumberOfComponents())
+    voxel_bytes = _voxel_bytes(reader, len(size))
     declared = voxel_bytes
     for side in size:
         declared *= side
@@ -78,6 +77,16 @@ def check_declared_size(path: Path, available: int | None) -> None:
             f"{_size(READ_MEMORY_FACTOR * declared)} of memory and {_size(available)} is "
             "available. Crop or downsample it first (e.g. Slicer's Crop Volume module)."
         )
+
+
+def _voxel_bytes(reader: sitk.ImageFileReader, dimension: int) -> int:
+    """Bytes per voxel of the pixel type the header declares (complex and vector types too)."""
+    components = max(1, reader.GetNumberOfComponents())
+    try:
+        probe = sitk.Image([1] * dimension, reader.GetPixelID(), components)
+    except RuntimeError:  # scalar and complex types take no component count
+        probe = sitk.Image([1] * dimension, reader.GetPixelID())
+    return probe.GetSizeOfPixelComponent() * probe.GetNumberOfComponentsPerPixel()
 
 
 def _single_file_payload(path: Path) -> int | None:

@@ -32,6 +32,7 @@ FORMAT = "labelfree-model"
 FORMAT_VERSION = 1
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 MODEL_SUFFIX = ".pt"
+KINDS = ("cuts", "landmarks")
 
 
 @dataclass
@@ -124,18 +125,97 @@ def load_model(path: str | os.PathLike, kind: str | None = None) -> ModelFile:
             f"{path} is not a LabelFree model file; train one with `labelfree cuts train` "
             "or `labelfree landmarks train`."
         )
-    if payload.get("format_version", 0) > FORMAT_VERSION:
+    version = payload.get("format_version")
+    if _whole(version) and version > FORMAT_VERSION:
         raise ModelFileError(f"{path} was written by a newer LabelFree; update the engine.")
-    if kind is not None and payload.get("kind") != kind:
+    check_fields(
+        path,
+        payload,
+        {
+            "format_version": (lambda v: _whole(v) and 1 <= v, "a format version (1)"),
+            "kind": (lambda v: v in KINDS, f"one of {', '.join(KINDS)}"),
+        },
+    )
+    if kind is not None and payload["kind"] != kind:
         raise ModelFileError(
-            f"{path} is a {payload.get('kind')!r} model but a {kind!r} model is needed here."
+            f"{path} is a {payload['kind']!r} model but a {kind!r} model is needed here."
         )
+    check_fields(
+        path,
+        payload,
+        {
+            "config": (lambda v: isinstance(v, dict), "a dictionary"),
+            "card": (lambda v: isinstance(v, dict), "a dictionary"),
+            "state_dict": (_is_state_dict, "a non-empty dictionary of named tensors"),
+        },
+    )
     return ModelFile(
         kind=payload["kind"],
-        config=dict(payload.get("config", {})),
-        card=dict(payload.get("card", {})),
+        config=dict(payload["config"]),
+        card=dict(payload["card"]),
         state_dict=dict(payload["state_dict"]),
     )
+
+
+def check_fields(
+    path: str | os.PathLike, mapping: dict[str, Any], schema: dict, section: str = ""
+) -> None:
+    """Refuse a model file whose fields do not match ``schema``.
+
+    Parameters
+    ----------
+    path : path-like
+        The file, for the message.
+    mapping : dict
+        The payload or its ``config``.
+    schema : dict
+        ``{field: (predicate, description)}``; ``predicate(value)`` is True for valid values.
+    section : str
+        Where ``mapping`` sits in the file (``"config"``), for the message.
+
+    Raises
+    ------
+    ModelFileError
+        Naming the first field that is missing or invalid.
+    """
+    for field_name, (valid, description) in schema.items():
+        value = mapping.get(field_name, _MISSING)
+        try:
+            ok = value is not _MISSING and bool(valid(value))
+        except (TypeError, ValueError, KeyError, AttributeError):
+            ok = False
+        if not ok:
+            shown = "missing" if value is _MISSING else f"{_short(value)}"
+            where = f"{section}.{field_name}" if section else field_name
+            raise ModelFileError(
+                f"{path} is damaged or was edited: {where!r} must be {description}, not "
+                f"{shown}. Retrain it or use a bundled model."
+            )
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def whole_in(low: int, high: int):
+    """A predicate for :func:`check_fields`: an integer (not a bool) in ``[low, high]``."""
+    return lambda value: _whole(value) and low <= value <= high
+
+
+def _is_state_dict(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and bool(value)
+        and all(isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in value.items())
+    )
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+_MISSING = object()
 
 
 def bundled_model_path(name: str) -> Path:

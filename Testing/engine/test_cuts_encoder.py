@@ -9,8 +9,9 @@ import torch
 from labelfree.cuts.embed import embed_slices, prepare_slices
 from labelfree.cuts.encoder import RECEPTIVE_FIELD, CutsEncoder, PatchHead
 from labelfree.cuts.model import CutsModel, load_cuts_model, model_config, save_cuts_model
-from labelfree.cuts.normalise import check_finite_and_nonconstant, default_normalisation, normalise
+from labelfree.cuts.normalise import default_normalisation, normalise
 from labelfree.errors import InputError, LabelFreeError, ModelFileError
+from labelfree.intensities import check_intensities
 from labelfree.io import Image
 from labelfree.modelfile import ModelFile, bundled_model_path, save_model
 
@@ -86,7 +87,7 @@ def test_normalise_percentile_and_rgb():
 )
 def test_bad_arrays_are_refused(array, words):
     with pytest.raises(InputError, match=words):
-        check_finite_and_nonconstant(array)
+        check_intensities(array)
     with pytest.raises(InputError, match=words):
         normalise(array, default_normalisation(1))
 
@@ -168,7 +169,9 @@ def test_model_file_round_trip_and_refusals(tmp_path):
     )
     with pytest.raises(ModelFileError, match="do not fit"):
         load_cuts_model(wrong)
-    broken = save_model(tmp_path / "broken.pt", ModelFile("cuts", {"embed_dim": 128}, {}, {}))
+    broken = save_model(
+        tmp_path / "broken.pt", ModelFile("cuts", {"embed_dim": 128}, {}, {"w": torch.zeros(1)})
+    )
     with pytest.raises(ModelFileError, match="config"):
         load_cuts_model(broken)
     with pytest.raises(LabelFreeError, match="channels"):

@@ -10,10 +10,12 @@ import SimpleITK as sitk
 import torch
 
 from labelfree import cli
+from labelfree.cuts.model import load_cuts_model
 from labelfree.devices import resolve_device
 from labelfree.errors import InputError, ModelFileError
 from labelfree.io import Image, lps_to_ras, read_image, write_image
-from labelfree.modelfile import ModelFile, load_model, save_model
+from labelfree.landmarks.model import load_landmark_model
+from labelfree.modelfile import ModelFile, bundled_model_path, load_model, save_model
 
 
 def oblique_volume() -> Image:
@@ -149,3 +151,59 @@ def test_ras_affine_conversion_matches_simpleitk_reading_the_nifti(tmp_path):
     np.testing.assert_allclose(converted.spacing, expected.spacing, atol=1e-5)
     np.testing.assert_allclose(converted.origin, expected.origin, atol=1e-4)
     np.testing.assert_allclose(converted.direction, expected.direction, atol=1e-5)
+
+
+_BAD_FIELDS = {
+    "card a string": lambda p: p.update(card="hello"),
+    "config None": lambda p: p.update(config=None),
+    "no state_dict": lambda p: p.pop("state_dict"),
+    "state_dict a list": lambda p: p.update(state_dict=[1, 2]),
+    "format_version '1'": lambda p: p.update(format_version="1"),
+    "format_version 0": lambda p: p.update(format_version=0),
+    "kind None": lambda p: p.update(kind=None),
+}
+_BAD_CONFIG = {
+    "cuts_mr.pt": {"embed_dim": -4, "in_channels": 2, "normalisation": {"method": "zzz"}},
+    "landmarks_2d.pt": {"input_size": 0, "n_landmarks": -1, "ndim": 7, "importance": "x"},
+}
+
+
+@pytest.mark.parametrize("bundled", ["cuts_mr.pt", "landmarks_2d.pt"])
+def test_model_files_with_bad_fields_are_refused_with_the_model_file_message(
+    tmp_path, bundled, capsys
+):
+    """Files of the project's own format, edited or damaged: a message, never a crash."""
+    import copy
+
+    base = torch.load(bundled_model_path(bundled), weights_only=True)
+    cases = dict(_BAD_FIELDS)
+    for key, value in _BAD_CONFIG[bundled].items():
+        cases[f"config {key}={value!r}"] = lambda p, k=key, v=value: p["config"].update({k: v})
+    loader = load_cuts_model if bundled.startswith("cuts") else load_landmark_model
+    image = tmp_path / "image.nrrd"
+    rng = np.random.default_rng(0)
+    write_image(
+        Image(rng.random((40, 40)).astype(np.float32), (1.0, 1.0), (0, 0), np.eye(2)), image
+    )
+    for case, edit in cases.items():
+        payload = copy.deepcopy(base)
+        edit(payload)
+        path = tmp_path / "edited.pt"
+        torch.save(payload, path)
+        with pytest.raises(ModelFileError, match="damaged or was edited"):
+            loader(path)
+        if bundled.startswith("cuts"):
+            argv = [
+                "cuts",
+                "segment",
+                str(image),
+                "--out",
+                str(tmp_path / "o"),
+                "--model",
+                str(path),
+            ]
+        else:
+            argv = ["landmarks", "detect", str(image), "--out", str(tmp_path / "o.mrk.json")]
+            argv += ["--model", str(path)]
+        assert cli.main(argv) == 2, case
+        assert "damaged or was edited" in capsys.readouterr().err, case

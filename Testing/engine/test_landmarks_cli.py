@@ -217,3 +217,44 @@ def test_bad_inputs_exit_2_and_write_nothing(trained, tmp_path, capsys):
         "must be a folder",
     )
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "case, words",
+    [("constant", "constant"), ("complex", "complex"), ("huge", "rescale")],
+)
+def test_detect_and_train_refuse_images_without_usable_intensities(
+    trained, tmp_path, capsys, case, words
+):
+    _, paths, model = trained
+    phantom = sitk.GetArrayFromImage(sitk.ReadImage(str(paths[0])))
+    bad = {
+        "constant": np.full(phantom.shape, 7.0, np.float32),
+        "complex": (phantom + 1j * phantom).astype(np.complex64),
+        "huge": phantom.astype(np.float64) * 1e300,
+    }[case]
+    path = tmp_path / "bad.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(bad), str(path))
+    out = tmp_path / "bad.mrk.json"
+    assert main(["landmarks", "detect", str(path), "--model", str(model), "--out", str(out)]) == 2
+    assert words in capsys.readouterr().err and not out.exists()
+    argv = ["landmarks", "train", str(paths[1]), str(path), "--out", str(tmp_path / "m.pt")]
+    assert main([*argv, "--landmarks", "3", "--epochs", "1", "--input-size", "64"]) == 2
+    assert words in capsys.readouterr().err and not (tmp_path / "m.pt").exists()
+
+
+def test_detect_keeps_the_contrast_of_int64_values_near_1e17(trained, tmp_path):
+    _, paths, model = trained
+    phantom = sitk.GetArrayFromImage(sitk.ReadImage(str(paths[0])))
+    shifted = (np.round(phantom * 1000).astype(np.int64) + 10**17).astype(np.int64)
+    outputs = []
+    for name, array in (("plain", np.round(phantom * 1000)), ("shifted", shifted)):
+        source = tmp_path / f"{name}.nrrd"
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(source))
+        out = tmp_path / f"{name}.mrk.json"
+        assert (
+            main(["landmarks", "detect", str(source), "--model", str(model), "--out", str(out)])
+            == 0
+        )
+        outputs.append(read_markups(out)[0])
+    np.testing.assert_allclose(outputs[1], outputs[0], atol=1e-3)  # mm

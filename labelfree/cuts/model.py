@@ -17,9 +17,16 @@ import torch
 from torch import nn
 
 from labelfree.cuts.encoder import CutsEncoder, PatchHead
-from labelfree.cuts.normalise import default_normalisation
+from labelfree.cuts.normalise import default_normalisation, valid_normalisation
 from labelfree.errors import InputError, ModelFileError
-from labelfree.modelfile import ModelFile, bundled_model_path, load_model, save_model
+from labelfree.modelfile import (
+    ModelFile,
+    bundled_model_path,
+    check_fields,
+    load_model,
+    save_model,
+    whole_in,
+)
 
 KIND = "cuts"
 DEFAULT_MODELS = {1: "cuts_mr.pt", 3: "cuts_rgb.pt"}
@@ -90,6 +97,14 @@ def _article(word: str) -> str:
     return "an" if word[0] in "AEIOUR8" else "a"
 
 
+CONFIG_SCHEMA = {
+    "in_channels": (lambda v: v in (1, 3) and not isinstance(v, bool), "1 (grey) or 3 (RGB)"),
+    "embed_dim": (whole_in(1, 4096), "a whole number from 1 to 4096"),
+    "normalisation": (valid_normalisation, "a normalisation (see labelfree.cuts.normalise)"),
+}
+"""What :func:`load_cuts_model` requires of a CUTS model's ``config``."""
+
+
 def load_cuts_model(
     path: str | os.PathLike | None, channels: int | None = None
 ) -> tuple[CutsModel, dict[str, Any], dict[str, Any]]:
@@ -129,16 +144,10 @@ def load_cuts_model(
     path = Path(path)
     file = load_model(path, kind=KIND)
     config = file.config
-    try:
-        in_channels = int(config["in_channels"])
-        embed_dim = int(config["embed_dim"])
-        normalisation = dict(config["normalisation"])
-        model = CutsModel(in_channels, embed_dim)
-    except (KeyError, TypeError, ValueError, InputError) as err:
-        raise ModelFileError(
-            f"{path} has an incomplete or invalid CUTS config ({err}); retrain it with "
-            "`labelfree cuts train`."
-        ) from err
+    check_fields(path, config, CONFIG_SCHEMA, "config")
+    in_channels, embed_dim = config["in_channels"], config["embed_dim"]
+    normalisation = dict(config["normalisation"])
+    model = CutsModel(in_channels, embed_dim)
     if channels is not None and channels != in_channels:
         raise _channel_mismatch(path, in_channels, channels)
     try:

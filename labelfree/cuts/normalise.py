@@ -23,10 +23,30 @@ from typing import Any
 import numpy as np
 
 from labelfree.errors import InputError
+from labelfree.intensities import check_intensities
 
 PERCENTILE = {"method": "percentile", "low": 0.5, "high": 99.5}
 RGB8 = {"method": "rgb", "max": 255.0}
 _MAX_PERCENTILE_SAMPLES = 2_000_000
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def valid_normalisation(normalisation: Any) -> bool:
+    """True for a normalisation dict this module can apply (the forms listed above)."""
+    if not isinstance(normalisation, dict):
+        return False
+    method = normalisation.get("method")
+    low, high = normalisation.get("low"), normalisation.get("high")
+    if method == "percentile":
+        return _number(low) and _number(high) and 0 <= low < high <= 100
+    if method == "window":
+        return _number(low) and _number(high) and low < high
+    if method == "rgb":
+        return _number(normalisation.get("max", 255.0)) and normalisation.get("max", 255.0) > 0
+    return False
 
 
 def default_normalisation(channels: int) -> dict[str, Any]:
@@ -42,36 +62,6 @@ def default_normalisation(channels: int) -> dict[str, Any]:
     if channels == 3:
         return dict(RGB8)
     raise InputError(f"CUTS takes 1 (scalar) or 3 (RGB) channels, not {channels}.")
-
-
-def check_finite_and_nonconstant(array: np.ndarray, what: str = "image") -> None:
-    """Refuse arrays CUTS cannot segment: empty, non-numeric, NaN/Inf, or constant.
-
-    Raises
-    ------
-    InputError
-        With a message saying what is wrong and what to do.
-    """
-    array = np.asarray(array)
-    if array.size == 0:
-        raise InputError(f"The {what} is empty (shape {array.shape}); load a non-empty image.")
-    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-        raise InputError(
-            f"The {what} has {array.dtype} pixels; CUTS needs real-valued intensities "
-            "(cast or take the magnitude first)."
-        )
-    if np.issubdtype(array.dtype, np.floating):
-        bad = int(np.count_nonzero(~np.isfinite(array)))
-        if bad:
-            raise InputError(
-                f"The {what} has {bad} NaN or infinite voxels; replace them with a finite "
-                "value first (e.g. 0, or the background intensity)."
-            )
-    if array.min() == array.max():
-        raise InputError(
-            f"The {what} is constant (every value is {array.flat[0]!r}); there is nothing to "
-            "segment. Check that the right image was loaded."
-        )
 
 
 def _percentiles(values: np.ndarray, low: float, high: float) -> tuple[float, float]:
@@ -119,7 +109,7 @@ def normalise(array: np.ndarray, normalisation: dict[str, Any]) -> np.ndarray:
             f"This model expects RGB images (..., 3) but got shape {array.shape} (grayscale); "
             "use a grayscale model such as the bundled cuts_mr.pt."
         )
-    check_finite_and_nonconstant(array)
+    check_intensities(array)
     if method == "percentile":
         lo, hi = _percentiles(array, float(normalisation["low"]), float(normalisation["high"]))
     elif method == "window":

@@ -25,8 +25,16 @@ import torch.nn.functional as F  # noqa: N812
 from scipy import ndimage
 
 from labelfree.errors import InputError, ModelFileError
+from labelfree.intensities import check_intensities
 from labelfree.landmarks.regressor import LandmarkRegressor
-from labelfree.modelfile import ModelFile, bundled_model_path, load_model, save_model
+from labelfree.modelfile import (
+    ModelFile,
+    bundled_model_path,
+    check_fields,
+    load_model,
+    save_model,
+    whole_in,
+)
 
 ARCHITECTURE_KEYS = ("ndim", "input_size", "n_landmarks", "n_fixed", "network")
 BUNDLED = {2: "landmarks_2d.pt", 3: "landmarks_3d.pt"}
@@ -56,9 +64,10 @@ def as_scalar_array(array: np.ndarray, ndim: int) -> np.ndarray:
     ------
     InputError
         For a 2-D model on a volume, a 3-D model on a 2-D image, or
-        non-finite values.
+        intensities no method can use (see :func:`labelfree.intensities.check_intensities`).
     """
     array = np.asarray(array)
+    check_intensities(array, task="find landmarks in")
     if ndim == 2 and array.ndim == 3 and array.shape[-1] in (3, 4):
         array = array[..., :3].astype(np.float32).mean(-1)
     if array.ndim != ndim:
@@ -70,10 +79,8 @@ def as_scalar_array(array: np.ndarray, ndim: int) -> np.ndarray:
         )
     if min(array.shape) < 2:
         raise InputError(f"Image of shape {array.shape} is too small: every axis needs 2 pixels.")
-    array = array.astype(np.float32, copy=False)
-    if not np.isfinite(array).all():
-        raise InputError("The image contains NaN or infinite values; fix or mask them first.")
-    return array
+    # Centred in float64 first: int64 or float64 values near 1e17 keep their contrast in float32.
+    return (array - array.mean(dtype=np.float64)).astype(np.float32)
 
 
 def resample(array: np.ndarray, input_size: int) -> np.ndarray:
@@ -93,9 +100,9 @@ def resample(array: np.ndarray, input_size: int) -> np.ndarray:
 
 
 def whiten(array: np.ndarray, std_floor: float = NORMALISATION["std_floor"]) -> np.ndarray:
-    """Zero mean, unit variance (a constant image becomes zeros)."""
-    array = array.astype(np.float32, copy=False)
-    return (array - array.mean()) / max(float(array.std()), std_floor)
+    """Zero mean, unit variance (a constant image becomes zeros); statistics in float64."""
+    mean, std = float(array.mean(dtype=np.float64)), float(array.std(dtype=np.float64))
+    return ((array - mean) / max(std, std_floor)).astype(np.float32)
 
 
 def prepare_image(array: np.ndarray, config: dict[str, Any]) -> np.ndarray:
@@ -164,6 +171,23 @@ def save_landmark_model(
     return save_model(path, model)
 
 
+CONFIG_SCHEMA = {
+    "ndim": (lambda v: v in (2, 3) and not isinstance(v, bool), "2 or 3"),
+    "input_size": (whole_in(16, 1024), "a whole number of pixels from 16 to 1024"),
+    "n_landmarks": (whole_in(1, 4096), "a whole number from 1 to 4096"),
+    "network": (lambda v: isinstance(v, dict), "a dictionary"),
+}
+"""What :func:`load_landmark_model` requires of a landmark model's ``config``."""
+
+
+def _importance_list(values: Any, count: int) -> bool:
+    return (
+        isinstance(values, list)
+        and len(values) == count
+        and all(isinstance(v, (int, float)) and np.isfinite(v) and v >= 0 for v in values)
+    )
+
+
 def load_landmark_model(
     path: str | os.PathLike | None = None, ndim: int | None = None
 ) -> tuple[LandmarkRegressor, dict[str, Any], dict[str, Any]]:
@@ -191,6 +215,25 @@ def load_landmark_model(
         path = bundled_model_path(BUNDLED[ndim])
     model = load_model(path, kind="landmarks")
     config = model.config
+    check_fields(path, config, CONFIG_SCHEMA, "config")
+    n_landmarks = config["n_landmarks"]
+    check_fields(
+        path,
+        config,
+        {
+            "network": (
+                lambda v: all(v.get(k) == config[k] for k in ("ndim", "n_landmarks", "input_size")),
+                "the network of this ndim, n_landmarks and input_size",
+            ),
+            "importance": (
+                lambda v: v is None or _importance_list(v, n_landmarks),
+                f"{n_landmarks} finite numbers >= 0",
+            ),
+        }
+        if "importance" in config
+        else {"network": (lambda v: isinstance(v, dict), "a dictionary")},
+        "config",
+    )
     if ndim is not None and config.get("ndim") != ndim:
         raise InputError(
             f"{path} is a {config.get('ndim')}-D landmark model but the image is {ndim}-D; "
