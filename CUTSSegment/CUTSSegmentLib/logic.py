@@ -52,6 +52,7 @@ from LabelFreeLib.mrml import (
 MODULE_NAME = "CUTSSegment"
 METHODS = ("levels", "persistent", "kmeans")
 AXES = ("auto", 0, 1, 2)
+MAX_KMEANS_CLUSTERS = 255  # as labelfree.cuts.volume, which is imported late (it loads torch)
 DEVICES = ("auto", "cpu", "cuda")
 # Throughput of a whole run (embedding + condensation) on a 2-core CPU, voxels per second,
 # from the 197x233x189 brain target (under 60 s); a GPU embeds about ten times faster.
@@ -216,8 +217,8 @@ class CUTSSegmentLogic:
             raise InputError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.")
         if axis not in AXES:
             raise InputError("The slicing axis must be 'auto', 0, 1 or 2.")
-        if method == "kmeans" and not 2 <= int(k) <= 255:
-            raise InputError("k-means needs k between 2 and 255 clusters.")
+        if method == "kmeans" and not 2 <= int(k) <= MAX_KMEANS_CLUSTERS:
+            raise InputError(f"k-means needs k between 2 and {MAX_KMEANS_CLUSTERS} clusters.")
         image = self.checkInputs(inputVolumeNode, model, device)
         options = {
             "axis": axis,

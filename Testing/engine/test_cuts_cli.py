@@ -115,6 +115,8 @@ def test_segment_rgb_png_writes_2d_label_images(tmp_path):
     [
         ("constant", "constant"),
         ("nan", "NaN"),
+        ("huge", "rescale"),
+        ("k", "k from 2 to 255"),
         ("tiny", "17 x 17"),
         ("rgb", "grayscale"),
         ("missing", "not found"),
@@ -129,6 +131,8 @@ def test_segment_bad_input_exits_2_and_writes_nothing(tmp_path, grey_model, caps
         volume.array[:] = 3.0
     elif case == "nan":
         volume.array[2, 3, 4] = np.nan
+    elif case == "huge":
+        volume = volume.with_array(volume.array.astype(np.float64) * 1e300)
     elif case == "tiny":
         volume = Image(volume.array[:, :16, :20], volume.spacing, volume.origin, volume.direction)
     source = tmp_path / "in.nrrd"
@@ -145,7 +149,10 @@ def test_segment_bad_input_exits_2_and_writes_nothing(tmp_path, grey_model, caps
         model = tmp_path / "foreign.pt"
         torch.save({"encoder": torch.zeros(4)}, model)
     out = tmp_path / "out"
-    code = run("segment", source, "--out", out, "--model", model, "--device", "cpu", "--quiet")
+    extra = ("--method", "kmeans", "--k", 100000) if case == "k" else ()
+    code = run(
+        "segment", source, "--out", out, "--model", model, "--device", "cpu", "--quiet", *extra
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "labelfree: error:" in err and message in err

@@ -319,3 +319,12 @@ def test_exports_to_unwritable_places_raise_the_projects_error(
     assert sceneSnapshot(segmented.scene) == before  # no node or subject hierarchy item left
     assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
     assert aFile.read_text() == "kept" and not list((tmp_path / name).iterdir())
+
+
+def test_logic_limits_match_the_engine():
+    from CUTSSegmentLib import logic
+
+    from labelfree.cuts import volume
+
+    assert logic.MAX_KMEANS_CLUSTERS == volume.MAX_KMEANS_CLUSTERS
+    assert logic.METHODS == volume.METHODS

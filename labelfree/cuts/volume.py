@@ -129,6 +129,8 @@ AXIS_NAMES = {"sagittal": 0, "coronal": 1, "axial": 2}  # LPS physical axis: x=L
 HALO = RECEPTIVE_FIELD // 2  # 8 pixels: how far an embedding sees
 _POOL_TILE = 2**16  # pixels per tile when only a sample of a large slice is pooled
 _GiB = 1024**3
+MAX_KMEANS_CLUSTERS = 255
+"""The most clusters ``method="kmeans"`` gives (labels fit 8 bits; far fewer than the nodes)."""
 
 
 @dataclass
@@ -518,8 +520,11 @@ def segment_volume_steps(
         raise InputError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.")
     if int(max_levels) < 1 or int(batch_size) < 1 or int(pool_size) < 2 or int(pool_slices) < 1:
         raise InputError("max_levels, batch_size, pool_slices must be >= 1 and pool_size >= 2.")
-    if method == "kmeans" and int(k) < 2:
-        raise InputError("k-means needs k >= 2.")
+    if method == "kmeans" and not 2 <= int(k) <= MAX_KMEANS_CLUSTERS:
+        raise InputError(
+            f"k-means needs k from 2 to {MAX_KMEANS_CLUSTERS} clusters, not {k} (it clusters "
+            "the condensation's nodes, and labels are stored as 8-bit)."
+        )
     _check_image(image)
     axis_np = choose_axis(image, axis)
     shape = image.spatial_shape
