@@ -8,7 +8,6 @@ Example, in Slicer's Python console::
     logic.exportLandmarks(landmarks, "MRHead_landmarks.mrk.json")
 """
 
-from .batch import BatchResult
 from .logic import LandmarkDiscoveryLogic
 
-__all__ = ["BatchResult", "LandmarkDiscoveryLogic"]
+__all__ = ["LandmarkDiscoveryLogic"]

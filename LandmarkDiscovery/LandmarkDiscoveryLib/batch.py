@@ -1,71 +1,32 @@
-"""Batch landmark detection over a folder of volumes, with the engine only (no MRML).
+"""Batch landmark detection over a folder of volumes: the engine's cohort runner, in camelCase.
 
 Each volume gives one landmark file; one table of all of them is written last,
-atomically, so a cancelled or failed batch never leaves a partial table.
+atomically, so a cancelled or failed batch never leaves a partial table. A
+volume that fails is reported and skipped, a rerun keeps the files of an
+earlier run with the same settings, and ``provenance.json`` records the run
+(see :mod:`labelfree.cohort`).
 """
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from labelfree.errors import InputError, LabelFreeError, ModelFileError
-from labelfree.io import IMAGE_SUFFIXES
-from labelfree.markups import markups_format, write_landmark_table
-from labelfree.progress import Progress
+from labelfree.cohort import list_cases
+from labelfree.errors import InputError
 
 
-@dataclass
-class BatchResult:
-    """What a batch run wrote.
-
-    Attributes
-    ----------
-    files : list of Path
-        One landmark file per volume that succeeded, in input order.
-    table : Path or None
-        The table of all landmarks (``subject, label, importance, r, a, s``, RAS mm).
-    failures : list of (Path, str)
-        Volumes that could not be processed, with the reason.
-    """
-
-    files: list = field(default_factory=list)
-    table: Path | None = None
-    failures: list = field(default_factory=list)
-
-
-def imageSuffix(path):
-    """The image suffix of a file name (``.nii.gz`` counts as one), or ``""``."""
-    name = Path(path).name.lower()
-    return next((s for s in sorted(IMAGE_SUFFIXES, key=len, reverse=True) if name.endswith(s)), "")
-
-
-def subjectName(path):
-    """A file name without its image suffix: ``case01.nii.gz`` -> ``case01``."""
-    path = Path(path)
-    suffix = imageSuffix(path)
-    return path.name[: len(path.name) - len(suffix)] if suffix else path.stem
-
-
-def listVolumes(inputs):
-    """The image files to process: every image file of a folder (sorted), or the given list.
+def listVolumes(folder):
+    """The image files of a folder (sorted).
 
     Raises
     ------
     InputError
         If the folder does not exist or holds no image file.
     """
-    if isinstance(inputs, (str, Path)):
-        folder = Path(inputs)
-        if not folder.is_dir():
-            raise InputError(f"Batch input folder not found: {folder}. Choose an existing folder.")
-        files = sorted(p for p in folder.iterdir() if p.is_file() and imageSuffix(p))
-        if not files:
-            raise InputError(
-                f"No image files in {folder}; expected {', '.join(IMAGE_SUFFIXES)} files."
-            )
-        return files
-    files = [Path(p) for p in inputs]
-    if not files:
-        raise InputError("No input files given for batch detection.")
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"Input folder not found: {folder}. Choose an existing folder.")
+    files = list_cases(folder)
+    if files == [folder]:
+        raise InputError(f"No image files in {folder}; expected NRRD, NIfTI, MHA or PNG files.")
     return files
 
 
@@ -78,8 +39,9 @@ def batchDetectSteps(
     fileFormat=".mrk.json",
     device="auto",
     tableName="landmarks.csv",
+    overwrite=False,
 ):
-    """Detect landmarks in every volume; yields :class:`~labelfree.progress.Progress`, returns :class:`BatchResult`.
+    """Detect landmarks in every volume; yields ``Progress``, returns a ``CohortResult``.
 
     Parameters
     ----------
@@ -87,73 +49,32 @@ def batchDetectSteps(
         A folder (every image file in it) or a list of image files.
     outputFolder : str or Path
         Receives ``<subject><fileFormat>`` per volume (``case01.nii.gz`` -> ``case01.mrk.json``,
-        as ``labelfree landmarks detect`` names them) and ``tableName``.
+        as ``labelfree landmarks detect`` names them), ``tableName`` and ``provenance.json``.
     modelPath : str or Path, optional
-        A landmark model; ``None`` uses the bundled model for each image's dimension.
+        A landmark model; ``None`` (or an empty path) uses the bundled model for each
+        image's dimension.
     keep, minImportance, device
         As :meth:`LandmarkDiscoveryLogic.findLandmarks`.
     fileFormat : str
         ``.mrk.json``, ``.fcsv`` or ``.csv``.
     tableName : str
         File name of the table (``.csv``).
-
-    Raises
-    ------
-    LabelFreeError
-        Bad arguments, an unusable model, or no volume processed at all.
+    overwrite : bool
+        Recompute volumes whose landmark file exists from an earlier run.
     """
-    from labelfree.io import read_image
-    from labelfree.landmarks.detect import detect_landmarks
-    from labelfree.landmarks.model import load_landmark_model
+    from labelfree.landmarks.detect import detect_cohort_steps
 
-    markups_format("x" + fileFormat)  # refuses unknown formats before any work
-    files = listVolumes(inputs)
-    subjects = [subjectName(path) for path in files]
-    duplicates = sorted({s for s in subjects if subjects.count(s) > 1})
-    if duplicates:
-        raise InputError(
-            f"Several inputs are named {', '.join(duplicates)}; their landmark files would "
-            "collide. Rename them or put them in separate folders."
-        )
-    clash = [s for s in subjects if f"{s}{fileFormat}".lower() == str(tableName).lower()]
-    if clash:
-        raise InputError(
-            f"The landmark file of {clash[0]} would overwrite the table {tableName}; "
-            "choose another table name or file type."
-        )
-    model = None if modelPath in (None, "") else Path(modelPath)
-    if model is not None and not model.is_file():
-        raise InputError(f"Landmark model not found: {model}. Choose a .pt model file.")
-    outputFolder = Path(outputFolder)
-    outputFolder.mkdir(parents=True, exist_ok=True)
-    loaded = {}  # image dimension -> (regressor, config, card): each model is loaded once
-    result = BatchResult()
-    rows = []
-    for number, (path, subject) in enumerate(zip(files, subjects, strict=True)):
-        yield Progress(
-            number / len(files), f"Finding landmarks in {path.name} ({number + 1}/{len(files)})"
-        )
-        try:
-            image = read_image(path)
-            if image.ndim not in loaded:
-                loaded[image.ndim] = load_landmark_model(model, ndim=image.ndim)
-            landmarks = detect_landmarks(
-                image, loaded[image.ndim], keep=keep, min_importance=minImportance, device=device
-            )
-        except ModelFileError:
-            raise  # every other volume would fail the same way
-        except LabelFreeError as error:
-            result.failures.append((path, str(error)))
-            continue
-        written = landmarks.write(
-            outputFolder / f"{subject}{fileFormat}", name=f"{subject}_landmarks"
-        )
-        result.files.append(written)
-        rows.append((subject, landmarks.points_lps, landmarks.names, landmarks.importance))
-    if not rows:
-        reasons = "; ".join(f"{p.name}: {m}" for p, m in result.failures[:3])
-        raise InputError(f"No volume could be processed ({reasons}).")
-    yield Progress(0.99, "Writing the landmark table")
-    result.table = write_landmark_table(outputFolder / tableName, rows)
-    yield Progress(1.0, f"Done: {len(result.files)} volumes, {len(result.failures)} failed")
-    return result
+    if isinstance(inputs, (str, Path)):
+        inputs = listVolumes(inputs)
+    model = None if modelPath in (None, "") or str(modelPath).strip() in ("", ".") else modelPath
+    return detect_cohort_steps(
+        inputs,
+        outputFolder,
+        model,
+        suffix=fileFormat,
+        table=Path(outputFolder) / tableName,
+        keep=keep,
+        min_importance=minImportance,
+        device=device,
+        overwrite=overwrite,
+    )

@@ -195,13 +195,22 @@ class LandmarkDiscoveryLogic:
         fileFormat=".mrk.json",
         device="auto",
         tableName="landmarks.csv",
+        overwrite=False,
     ):
-        """Batch detection as steps: a generator yielding ``Progress`` and returning a ``BatchResult``.
+        """Batch detection as steps: a generator yielding ``Progress``, returning a ``CohortResult``.
 
         Reads files with the engine, never touches the scene. See :meth:`batchDetect`.
         """
         return batchDetectSteps(
-            inputs, outputFolder, modelPath, keep, minImportance, fileFormat, device, tableName
+            inputs,
+            outputFolder,
+            modelPath,
+            keep,
+            minImportance,
+            fileFormat,
+            device,
+            tableName,
+            overwrite,
         )
 
     def batchDetect(
@@ -214,24 +223,35 @@ class LandmarkDiscoveryLogic:
         fileFormat=".mrk.json",
         device="auto",
         tableName="landmarks.csv",
+        overwrite=False,
         progressCallback=None,
     ):
-        """Find landmarks in every volume of a folder (or a list of files).
+        """Find landmarks in every volume of a folder (or a list of files), without any dialog.
 
-        Writes ``<name><fileFormat>`` per volume into ``outputFolder`` and one table
+        Writes ``<name><fileFormat>`` per volume into ``outputFolder``, one table
         ``tableName`` (``subject, label, importance, r, a, s``, RAS) of all of them for shape
-        analysis. A volume that cannot be read is reported in ``failures`` and skipped.
+        analysis, and ``provenance.json``. A volume that cannot be read is reported in
+        ``failures`` and skipped; a rerun keeps the files of an earlier run with the same
+        settings unless ``overwrite``.
 
         Returns
         -------
-        BatchResult
-            ``files`` (written landmark files), ``table`` (the table path), ``failures``
-            (``(path, message)`` pairs).
+        labelfree.cohort.CohortResult
+            ``files`` (landmark files, input order), ``table`` (the table path), ``failures``
+            (``(path, message)`` pairs), ``skipped`` (cases kept from an earlier run).
         """
         from labelfree.progress import run_steps
 
         steps = self.batchDetectSteps(
-            inputs, outputFolder, modelPath, keep, minImportance, fileFormat, device, tableName
+            inputs,
+            outputFolder,
+            modelPath,
+            keep,
+            minImportance,
+            fileFormat,
+            device,
+            tableName,
+            overwrite,
         )
         return run_steps(steps, progressCallback)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -180,3 +181,50 @@ def test_train_writes_a_loadable_model(tmp_path, capsys):
     model, config, card = load_cuts_model(out, 1)
     assert model.in_channels == 1 and "normalisation" in config
     assert card.get("kind") == "cuts"
+
+
+def test_segment_a_cohort_goes_on_past_a_bad_case_and_reruns_only_what_is_missing(
+    tmp_path, grey_model, capsys, monkeypatch
+):
+    from labelfree.cuts import model as cuts_model
+
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    for index in range(2):
+        write_image(oblique_volume(depth=6 + index), cohort / f"case{index}.nrrd")
+    whole = write_image(oblique_volume(), tmp_path / "whole.nii.gz").read_bytes()
+    (cohort / "broken.nii.gz").write_bytes(whole[: len(whole) // 2])
+    (cohort / "notes.txt").write_text("not an image")
+    loads = []
+    real_load = cuts_model.load_cuts_model
+    monkeypatch.setattr(
+        cuts_model, "load_cuts_model", lambda *a, **k: loads.append(a) or real_load(*a, **k)
+    )
+    out = tmp_path / "out"
+    args = ("segment", cohort, "--out", out, "--model", grey_model, "--device", "cpu")
+    assert run(*args, "--max-levels", 2) == 3  # finished, one case failed
+    captured = capsys.readouterr()
+    assert "broken.nii.gz skipped" in captured.err and "truncated" in captured.err
+    assert "case 3 of 3" in captured.err
+    assert sorted(p.name for p in out.iterdir()) == ["case0", "case1", "provenance.json"]
+    assert len(loads) == 1  # one model load for the whole cohort
+    for index in range(2):
+        summary = json.loads((out / f"case{index}" / "summary.json").read_text())
+        assert (
+            read_image(out / f"case{index}" / summary["levels"][0]["file"]).array.shape[0]
+            == 6 + index
+        )
+    record = json.loads((out / "provenance.json").read_text())
+    assert [Path(i["path"]).name for i in record["inputs"]] == [
+        "broken.nii.gz",
+        "case0.nrrd",
+        "case1.nrrd",
+    ]
+
+    stamp = (out / "case0" / "summary.json").stat().st_mtime_ns
+    (cohort / "broken.nii.gz").unlink()
+    assert run(*args, "--max-levels", 2) == 0
+    assert "2 kept from an earlier run" in capsys.readouterr().out
+    assert (out / "case0" / "summary.json").stat().st_mtime_ns == stamp
+    assert run(*args, "--max-levels", 2, "--overwrite") == 0
+    assert (out / "case0" / "summary.json").stat().st_mtime_ns != stamp

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -10,7 +13,7 @@ import torch
 from labelfree.errors import InputError, LabelFreeError, ModelFileError
 from labelfree.io import from_sitk
 from labelfree.landmarks.detect import (
-    detect_files,
+    detect_cohort_steps,
     detect_landmarks,
     landmark_names,
     normalised_to_physical,
@@ -24,7 +27,8 @@ from labelfree.landmarks.redundancy import (
 )
 from labelfree.landmarks.regressor import LandmarkRegressor, corner_landmarks
 from labelfree.landmarks.tps import warp_image
-from labelfree.markups import read_csv, read_fcsv, read_mrk_json
+from labelfree.markups import read_csv, read_fcsv, read_markups, read_mrk_json
+from labelfree.progress import run_steps
 
 SIZE_XYZ = (20, 30, 40)
 
@@ -172,27 +176,53 @@ def test_dimension_mismatch_and_bad_model_files(tmp_path):
         detect_landmarks(volume, tmp_path / "missing.pt")
 
 
-def test_detect_files_batch_and_all_or_nothing(tmp_path):
+def test_cohort_detection_goes_on_past_a_bad_case_and_reruns_only_what_is_missing(tmp_path):
     model = _constant_model(NORMALISED, importance=[0.2, 1.0, 0.5, 0.0])
     inputs = []
     for i in range(2):
         inputs.append(tmp_path / f"sub-{i}.nrrd")
         sitk.WriteImage(_oblique_volume(seed=i), str(inputs[-1]))
+    picture = tmp_path / "flat.nrrd"  # 2-D: the 3-D model cannot take it
+    sitk.WriteImage(_oblique_volume((30, 30)), str(picture))
     out = tmp_path / "out"
-    written = detect_files(inputs, model, out, suffix=".fcsv", table=out / "table.csv")
-    assert [p.name for p in written] == ["sub-0.fcsv", "sub-1.fcsv", "table.csv"]
-    table = (out / "table.csv").read_text().splitlines()
+
+    def detect(cases, **options):
+        steps = detect_cohort_steps(cases, out, model, suffix=".fcsv", **options)
+        reports = []
+        return run_steps(steps, reports.append), reports
+
+    result, reports = detect([inputs[0], picture, inputs[1]])
+    assert [p.name for p in result.files] == ["sub-0.fcsv", "sub-1.fcsv"]
+    assert [(p.name, "2-D" in m) for p, m in result.failures] == [("flat.nrrd", True)]
+    assert "case 2 of 3" in reports[1].message and reports[-1].fraction == 1.0
+    table = (out / "landmarks.csv").read_text().splitlines()
     assert table[0] == "subject,label,importance,r,a,s" and len(table) == 1 + 2 * 4
     assert table[1].startswith("sub-0,LM-01,0.2,")
-    picture = tmp_path / "flat.nrrd"
-    sitk.WriteImage(_oblique_volume((30, 30)), str(picture))
-    with pytest.raises(InputError, match="3-D landmark model but the image is 2-D|is 2-D"):
-        detect_files([inputs[0], picture], model, tmp_path / "out2", table=tmp_path / "t2.csv")
-    assert not (tmp_path / "out2").exists() and not (tmp_path / "t2.csv").exists()
+    record = json.loads((out / "provenance.json").read_text())
+    assert [Path(i["path"]).name for i in record["inputs"]] == [
+        "sub-0.nrrd",
+        "flat.nrrd",
+        "sub-1.nrrd",
+    ]
+    assert record["run"]["failures"][0]["input"] == str(picture)
+
+    first = {p.name: p.stat().st_mtime_ns for p in result.files}
+    again, _ = detect(inputs)  # same settings: both kept
+    assert again.skipped == ["sub-0", "sub-1"]
+    assert {p.name: p.stat().st_mtime_ns for p in again.files} == first
+    assert (out / "landmarks.csv").read_text().splitlines() == table
+    changed, _ = detect(inputs, keep=2)  # other settings: recomputed
+    assert changed.skipped == [] and len(read_markups(out / "sub-0.fcsv")[1]) == 2
+    forced, _ = detect(inputs, keep=2, overwrite=True)
+    assert forced.skipped == []
+
     with pytest.raises(InputError, match="Unknown landmark file type"):
-        detect_files(inputs, model, tmp_path / "out3", suffix=".txt")
+        run_steps(detect_cohort_steps(inputs, tmp_path / "o3", model, suffix=".txt"))
     with pytest.raises(InputError, match="No input"):
-        detect_files([], model, tmp_path / "out4")
+        run_steps(detect_cohort_steps([], tmp_path / "o4", model))
+    with pytest.raises(InputError, match="No case could be processed"):
+        run_steps(detect_cohort_steps([picture], tmp_path / "o5", model))
+    assert not (tmp_path / "o5" / "landmarks.csv").exists()
 
 
 def test_landmark_names_are_padded():

@@ -98,7 +98,7 @@ def test_detect_folder_writes_one_file_per_image_and_a_table(trained, tmp_path):
     argv = ["landmarks", "detect", str(root / "images"), "--model", str(model), "--out", str(out)]
     assert main([*argv, "--format", "fcsv"]) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [f"phantom-{i}.fcsv" for i in range(len(paths))] + ["landmarks.csv"]
+        [f"phantom-{i}.fcsv" for i in range(len(paths))] + ["landmarks.csv", "provenance.json"]
     )
     table = read_landmark_table(out / "landmarks.csv")
     assert list(table) == [f"phantom-{i}" for i in range(len(paths))]

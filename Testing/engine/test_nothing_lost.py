@@ -164,13 +164,13 @@ def test_a_read_only_folder_is_refused_before_any_work(small_disk, tmp_path, gre
 
 
 def test_ctrl_c_while_writing_levels_keeps_the_previous_result(tmp_path, grey_model, monkeypatch):
-    from labelfree.cuts import cli as cuts_cli
+    from labelfree.cuts import folders
 
     source = write_image(oblique_volume(), tmp_path / "in.nrrd")
     out = tmp_path / "out"
     assert segment(source, out, grey_model, "--max-levels", 4) == 0
     before = snapshot(tmp_path)
-    real_write = cuts_cli._write_labels
+    real_write = folders._write_labels
     calls = []
 
     def interrupted(image, labels, path):
@@ -179,7 +179,7 @@ def test_ctrl_c_while_writing_levels_keeps_the_previous_result(tmp_path, grey_mo
             raise KeyboardInterrupt
         real_write(image, labels, path)
 
-    monkeypatch.setattr(cuts_cli, "_write_labels", interrupted)
+    monkeypatch.setattr(folders, "_write_labels", interrupted)
     assert segment(source, out, grey_model, "--max-levels", 4, "--seed", 9) == 130
     assert len(calls) == 3
     assert snapshot(tmp_path) == before  # no file replaced, deleted or left behind

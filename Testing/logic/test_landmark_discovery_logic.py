@@ -301,7 +301,7 @@ def test_batch_writes_one_file_per_volume_and_one_table(
         assert ours[1] == theirs[1]
     assert (tmp_path / "cli" / "landmarks.csv").read_text() == result.table.read_text()
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
-        [p.name for p in result.files] + ["landmarks.csv"]
+        [p.name for p in result.files] + ["landmarks.csv", "provenance.json"]
     )
 
 

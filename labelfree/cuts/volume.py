@@ -285,16 +285,19 @@ def _check_image(image: Image) -> None:
 
 
 def _load_model(
-    model: CutsModel | str | os.PathLike | None, channels: int
+    model: CutsModel | tuple | str | os.PathLike | None, channels: int
 ) -> tuple[CutsModel, dict[str, Any], dict[str, Any]]:
+    loaded = model[0] if isinstance(model, tuple) else model  # tuple: from load_cuts_model
+    if isinstance(loaded, CutsModel) and loaded.in_channels != channels:
+        raise InputError(
+            f"The model takes {loaded.in_channels}-channel images but this image has "
+            f"{channels} channel(s); use a {'RGB' if channels == 3 else 'grayscale'} model."
+        )
+    if isinstance(model, tuple):
+        return model
     if isinstance(model, CutsModel):
         from labelfree.cuts.normalise import default_normalisation
 
-        if model.in_channels != channels:
-            raise InputError(
-                f"The model takes {model.in_channels}-channel images but this image has "
-                f"{channels} channel(s); use a {'RGB' if channels == 3 else 'grayscale'} model."
-            )
         config = {
             "in_channels": model.in_channels,
             "embed_dim": model.embed_dim,
@@ -437,7 +440,7 @@ def _persistent_lut(
 
 def segment_volume_steps(
     image: Image,
-    model: CutsModel | str | os.PathLike | None = None,
+    model: CutsModel | tuple | str | os.PathLike | None = None,
     *,
     axis: int | str = "auto",
     method: str = "levels",
@@ -464,10 +467,12 @@ def segment_volume_steps(
     image : Image
         A scalar volume ``(z, y, x)``, a scalar 2-D image ``(y, x)`` or an RGB
         2-D image ``(y, x, 3)``, with its geometry.
-    model : CutsModel, path or None
+    model : CutsModel, tuple, path or None
         A CUTS model file, None for the bundled default for the image's
-        channel count, or a loaded :class:`CutsModel` (which carries no
-        normalisation: the default one for its channel count is used).
+        channel count, ``(model, config, card)`` as
+        :func:`~labelfree.cuts.model.load_cuts_model` returns it, or a bare
+        :class:`CutsModel` (which carries no normalisation: the default one
+        for its channel count is used).
     axis : int or str
         Slicing axis; see :func:`choose_axis`. Ignored for 2-D images.
     method : {"levels", "persistent", "kmeans"}

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 from labelfree.cliargs import seed
+from labelfree.cohort import list_cases, report_cohort
 from labelfree.devices import DEVICE_CHOICES
 from labelfree.errors import InputError, LabelFreeError
-from labelfree.io import IMAGE_SUFFIXES
 from labelfree.markups import MARKUPS_SUFFIXES, markups_format
 
 BATCH_TABLE = "landmarks.csv"
@@ -103,6 +103,11 @@ def _add_detect(commands: argparse._SubParsersAction) -> None:
         "--table", type=Path, default=None, help=f"batch table (default OUT/{BATCH_TABLE})"
     )
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="batch: recompute cases whose landmark file exists from an earlier run",
+    )
     p.set_defaults(func=_detect)
 
 
@@ -174,30 +179,12 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def expand_inputs(inputs: list[str | Path]) -> list[Path]:
-    """Inputs as files: a folder holding image files stands for those files (sorted).
-
-    A folder without image files (e.g. a DICOM series) stays one input.
-    """
-    paths: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            files = sorted(
-                p for p in item.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)
-            )
-            paths.extend(files or [item])
-        else:
-            paths.append(item)
-    return paths
-
-
 def _detect(args: argparse.Namespace) -> int:
     from labelfree.io import read_image
-    from labelfree.landmarks.detect import detect_files, detect_landmarks
+    from labelfree.landmarks.detect import detect_cohort_steps, detect_landmarks
+    from labelfree.progress import run_steps
 
-    paths = expand_inputs(args.inputs)
-    if not paths:
-        raise InputError("No input images given.")
+    paths = list_cases(args.inputs)
     # One input (a file, a DICOM folder, or a folder holding one image) and a file name: one file.
     single = len(paths) == 1 and args.out.suffix != "" and not args.out.is_dir()
     if single:
@@ -219,27 +206,26 @@ def _detect(args: argparse.Namespace) -> int:
             f"--out {args.out} must be a folder when detecting on several inputs "
             "(one landmark file per input is written into it, plus a table)."
         )
-    table = args.table or args.out / BATCH_TABLE
-    written = detect_files(
+    steps = detect_cohort_steps(
         paths,
-        args.model,
         args.out,
+        args.model,
         suffix="." + args.format,
-        table=table,
+        table=args.table or args.out / BATCH_TABLE,
         keep=args.keep,
         min_importance=args.min_importance,
         device=args.device,
-        callback=lambda i, n, p: print(f"[{i}/{n}] {p.name}", file=sys.stderr),
+        overwrite=args.overwrite,
     )
-    print(f"{len(paths)} inputs -> {args.out} (table: {written[-1]})")
-    return 0
+    result = run_steps(steps, _Reporter())
+    return report_cohort(result, args.out)
 
 
 def _importance(args: argparse.Namespace) -> int:
     from labelfree.landmarks.detect import landmark_names
     from labelfree.landmarks.redundancy import store_importance
 
-    images = _read_all(expand_inputs(args.inputs))
+    images = _read_all(list_cases(args.inputs))
     importance = store_importance(args.model, images, args.pairs, args.seed, method=args.method)
     names = landmark_names(len(importance))
     ranked = sorted(enumerate(importance), key=lambda kv: -kv[1])

@@ -19,18 +19,27 @@ tables from many subjects line up for shape analysis.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from labelfree.cohort import CohortResult, case_name, list_cases, run_cohort_steps
 from labelfree.devices import resolve_device
-from labelfree.errors import InputError, LabelFreeError
+from labelfree.errors import InputError, LabelFreeError, ModelFileError
 from labelfree.io import Image, lps_to_ras, read_image
 from labelfree.landmarks.model import load_landmark_model, predict_landmarks
-from labelfree.markups import markups_format, points_as_3d, write_landmark_table, write_markups
+from labelfree.markups import (
+    markups_format,
+    points_as_3d,
+    read_markups,
+    write_landmark_table,
+    write_markups,
+)
+from labelfree.progress import Progress
+from labelfree.provenance import file_digest
 
 ModelLike = str | os.PathLike | tuple | None
 # Landmarks closer than this, in voxels of the network input, coincide: the model has collapsed.
@@ -242,79 +251,103 @@ def detect_landmarks(
     )
 
 
-def output_name(input_path: str | os.PathLike, suffix: str) -> str:
-    """File name for the landmarks of ``input_path``: ``brain.nii.gz`` -> ``brain.mrk.json``."""
-    name = Path(input_path).name
-    for ext in (".nii.gz", ".seg.nrrd", ".nrrd", ".nii", ".mha", ".mhd", ".png", ".jpg", ".jpeg"):
-        if name.lower().endswith(ext):
-            name = name[: -len(ext)]
-            break
-    return name + suffix
-
-
-def detect_files(
-    inputs: Iterable[str | os.PathLike],
-    model: ModelLike,
+def detect_cohort_steps(
+    inputs: str | os.PathLike | Iterable[str | os.PathLike],
     out_dir: str | os.PathLike,
+    model: ModelLike = None,
     *,
     suffix: str = ".mrk.json",
     table: str | os.PathLike | None = None,
     keep: int | None = None,
     min_importance: float | None = None,
     device: str = "auto",
-    callback: Callable[[int, int, Path], None] | None = None,
-) -> list[Path]:
-    """Detect landmarks on many images: one landmark file each, plus one table.
+    overwrite: bool = False,
+) -> Generator[Progress, None, CohortResult]:
+    """Detect landmarks on a cohort: one landmark file per case, then one table of all.
 
-    Every input is read and detected before anything is written, so a bad
-    input stops the batch with no partial output.
+    A generator: it yields :class:`~labelfree.progress.Progress` and returns a
+    :class:`~labelfree.cohort.CohortResult` (see :func:`labelfree.cohort.run_cohort_steps`
+    for failures, reruns and ``provenance.json``).
 
     Parameters
     ----------
-    inputs : iterable of path-like
-        Images or volumes (anything :func:`labelfree.io.read_image` reads).
-    model : path-like, tuple or None
-        See :func:`detect_landmarks`; loaded once.
+    inputs : path-like or iterable of path-like
+        A folder (its image files) or the images (anything :func:`read_image` reads).
     out_dir : path-like
-        Folder for the per-image files, named after each input.
+        Receives ``<case><suffix>`` per case (``case01.nii.gz`` -> ``case01.mrk.json``).
+    model : path-like, tuple or None
+        A landmark model (a file, or ``(regressor, config, card)``), loaded once;
+        None uses the bundled model of each image's dimension.
     suffix : str
         ``".mrk.json"``, ``".fcsv"`` or ``".csv"``.
     table : path-like, optional
-        Also write all subjects in one table (:func:`labelfree.markups.write_landmark_table`).
+        The table of all cases (:func:`labelfree.markups.write_landmark_table`);
+        default ``out_dir/landmarks.csv``. Written last, atomically.
     keep, min_importance, device
         See :func:`detect_landmarks`.
-    callback : callable, optional
-        Called as ``callback(i, n, path)`` after each detection.
+    overwrite : bool
+        Recompute cases whose landmark file exists from an earlier run.
 
-    Returns
-    -------
-    list of Path
-        The written landmark files (and the table last, if asked for).
+    Raises
+    ------
+    InputError
+        Bad arguments, or no case processed.
+    ModelFileError
+        The model cannot be used.
     """
-    inputs = [Path(p) for p in inputs]
-    if not inputs:
-        raise InputError("No input images given.")
-    markups_format("x" + suffix)
+    markups_format("x" + suffix)  # refuses unknown file types before any work
+    cases = list_cases(inputs)
     out_dir = Path(out_dir)
-    names = [output_name(p, suffix) for p in inputs]
-    if len(set(names)) != len(names):
-        raise InputError("Two inputs have the same name; their landmark files would collide.")
-    loaded = None
-    results = []
-    for i, path in enumerate(inputs):
-        image = read_image(path)
-        if loaded is None:
-            loaded = _resolve_model(model, image.ndim)
-        results.append(
-            detect_landmarks(image, loaded, keep=keep, min_importance=min_importance, device=device)
+    table = out_dir / "landmarks.csv" if table is None else Path(table)
+    clash = [c for c in cases if (out_dir / f"{case_name(c)}{suffix}") == table]
+    if clash:
+        raise InputError(
+            f"The landmark file of {clash[0].name} would overwrite the table {table.name}; "
+            "choose another table name or file type."
         )
-        if callback is not None:
-            callback(i + 1, len(inputs), path)
-    written = [res.write(out_dir / name) for res, name in zip(results, names, strict=True)]
-    if table is not None:
-        rows = [
-            (name[: -len(suffix)], res.points_lps, res.names, res.importance)
-            for res, name in zip(results, names, strict=True)
-        ]
-        written.append(write_landmark_table(table, rows))
-    return written
+    if isinstance(model, tuple):
+        model_record: Any = {"in_memory": model[1]}
+    elif model in (None, ""):
+        model, model_record = None, "bundled"
+    elif Path(model).is_file():
+        model, model_record = Path(model), file_digest(model)
+    else:
+        raise ModelFileError(f"Landmark model not found: {model}. Choose a .pt model file.")
+    loaded: dict[int, tuple] = {}  # image dimension -> (regressor, config, card), loaded once
+    detected: dict[str, tuple] = {}  # case -> (points_lps, names, importance) of this run
+
+    def process(case: Path, output: Path) -> None:
+        image = read_image(case)
+        if image.ndim not in loaded:
+            loaded[image.ndim] = _resolve_model(model, image.ndim)
+        found = detect_landmarks(
+            image, loaded[image.ndim], keep=keep, min_importance=min_importance, device=device
+        )
+        found.write(output, name=f"{case_name(case)}_landmarks")
+        detected[case_name(case)] = (found.points_lps, found.names, found.importance)
+
+    def write_table(result: CohortResult) -> None:
+        rows = []
+        for name, path in result.outputs.items():  # cases kept from an earlier run: read back
+            rows.append((name, *(detected[name] if name in detected else read_markups(path))))
+        result.table = write_landmark_table(table, rows)
+
+    parameters = {
+        "method": "landmarks detect",
+        "model": model_record,
+        "keep": keep,
+        "min_importance": min_importance,
+        "suffix": suffix,
+    }
+    return (
+        yield from run_cohort_steps(
+            cases,
+            out_dir,
+            process,
+            lambda name: out_dir / f"{name}{suffix}",
+            parameters,
+            overwrite=overwrite,
+            finish=write_table,
+            what="Finding landmarks in",
+        )
+    )
