@@ -1,5 +1,4 @@
 import enum
-import logging
 import os
 import re
 import shutil
@@ -144,8 +143,7 @@ class CUTSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._steps = None
-        self._training = None
+        self._jobs = None  # LabelFreeLib.jobs.JobRunner: "run" (segmentation), "training"
         self._pickObservations = []
 
     def setup(self) -> None:
@@ -160,11 +158,14 @@ class CUTSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         from CUTSSegmentLib import CUTSSegmentLogic
 
+        from LabelFreeLib.jobs import JobRunner
+
         self.logic = CUTSSegmentLogic(slicer.mrmlScene)
 
-        # The run and the training are driven from the main thread by this timer.
+        # Segmentation and training run in child processes; this timer polls them.
+        self._jobs = JobRunner()
         self._timer = qt.QTimer()
-        self._timer.setInterval(0)
+        self._timer.setInterval(100)
         self._timer.timeout.connect(self.onTimer)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -184,9 +185,8 @@ class CUTSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         """Called when the application closes and the module widget is destroyed."""
-        self._stopRun()
-        if self._training is not None:
-            self._training.cancel()
+        if self._jobs is not None:
+            self._jobs.cancelAll()
         self._setPicking(False)
         self.removeObservers()
 
@@ -204,8 +204,9 @@ class CUTSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             )
 
     def onSceneStartClose(self, caller, event) -> None:
-        """Called just before the scene is closed."""
-        self._stopRun()
+        """Called just before the scene is closed: a running segmentation has nowhere to go."""
+        self._jobs.cancel("run")
+        self._setPicking(False)
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -237,7 +238,7 @@ class CUTSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._checkCanApply()
 
     def _checkCanApply(self, caller=None, event=None) -> None:
-        busy = self._steps is not None or self._training is not None
+        busy = self._jobs.busy()
         volume = self._parameterNode.inputVolume if self._parameterNode else None
         self.ui.kSpinBox.enabled = (
             bool(self._parameterNode) and self._parameterNode.method == Method.KMEANS
@@ -262,15 +263,17 @@ class CUTSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 seconds=seconds
             )
 
-    # -- run (QTimer-driven steps) -----------------------------------------------------------
+    # -- run (a child process, polled by the timer) --------------------------------------------
 
     def onApplyButton(self) -> None:
         """Start a run, or cancel the one in progress (Apply turns into Cancel)."""
-        if self._steps is not None:
-            self._stopRun()
-            self.ui.statusLabel.text = _("Cancelled; nothing was added to the scene.")
+        if self._jobs.busy("run"):
+            self._jobs.cancel("run")  # the job ends once the whole process group has
+            self.ui.statusLabel.text = _("Cancelling...")
             return
         from LabelFreeLib.dependencies import ensureDependencies
+        from LabelFreeLib.jobs import ProcessJob
+        from LabelFreeLib.training import TrainingProcess
 
         if not ensureDependencies(_("CUTS Segment")):  # may prompt: no busy cursor yet
             return
@@ -278,49 +281,56 @@ class CUTSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             _("Failed to start the segmentation."), waitCursor=True
         ):
             p = self._parameterNode
-            self._steps = self.logic.segmentSteps(
-                p.inputVolume,
-                p.modelPath,
-                method=p.method.value,
-                k=p.k,
-                axis=p.slicingAxis.value,
-                device=p.device.value,
-                seed=p.seed,
-            )
+            workDir = tempfile.mkdtemp(prefix="CUTSSegment-", dir=slicer.app.temporaryPath)
+            try:
+                command = self.logic.segmentationCommand(
+                    p.inputVolume,
+                    workDir,
+                    p.modelPath,
+                    method=p.method.value,
+                    k=p.k,
+                    axis=p.slicingAxis.value,
+                    device=p.device.value,
+                    seed=p.seed,
+                    python=pythonSlicerExecutable(),
+                )
+                process = TrainingProcess(command, env=slicer.util.startupEnvironment())
+            except Exception:
+                shutil.rmtree(workDir, ignore_errors=True)
+                raise
+            volumeNode = p.inputVolume
+
+            def finished(process):
+                self._runFinished(process, volumeNode, workDir)
+
+            self._startJob("run", ProcessJob(process, self._showProgress, finished))
+
+    def _runFinished(self, process, volumeNode, workDir) -> None:
+        try:
+            if process.succeeded:
+                with slicer.util.tryWithErrorDisplay(_("Failed to load the segmentation.")):
+                    self._showResult(self.logic.loadSegmentation(volumeNode, process.modelPath))
+            elif process.cancelled:
+                self.ui.statusLabel.text = _("Cancelled; nothing was added to the scene.")
+            else:
+                slicer.util.errorDisplay(
+                    _("Segmentation failed: {error}").format(
+                        error=process.errorMessage or "\n".join(process.log[-10:])
+                    )
+                )
+        finally:
+            shutil.rmtree(workDir, ignore_errors=True)
             self._updateBusyState()
-            self._timer.start()
+
+    def _startJob(self, name, job) -> None:
+        self._jobs.start(name, job)
+        self._updateBusyState()
+        self._timer.start()
 
     def onTimer(self) -> None:
-        """One step of the run or one poll of the training process."""
-        if self._steps is not None:
-            self._advanceRun()
-        elif self._training is not None:
-            self._pollTraining()
-        else:
+        """Poll the running jobs; the timer stops when none is left."""
+        if not self._jobs.tick():
             self._timer.stop()
-
-    def _advanceRun(self) -> None:
-        try:
-            report = next(self._steps)
-        except StopIteration as done:
-            self._steps = None
-            self._timer.stop()
-            self._updateBusyState()
-            self._showResult(done.value)
-        except Exception as err:  # noqa: BLE001 -- shown to the user; the scene is unchanged
-            self._stopRun()
-            logging.exception("CUTS segmentation failed")
-            slicer.util.errorDisplay(_("Segmentation failed: {error}").format(error=err))
-        else:
-            self._showProgress(report)
-
-    def _stopRun(self) -> None:
-        """Cancel: closing the generator stops the engine; no node was created yet."""
-        if self._steps is not None:
-            self._steps.close()
-            self._steps = None
-        self._timer.stop()
-        self._updateBusyState()
 
     def _showProgress(self, report) -> None:
         self.ui.progressBar.value = int(round(100 * report.fraction))
@@ -329,7 +339,7 @@ class CUTSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _updateBusyState(self) -> None:
         """Buttons and progress follow what runs (a run, a training, both or neither), so ending
         one never resets the other's Cancel button."""
-        running, training = self._steps is not None, self._training is not None
+        running, training = self._jobs.busy("run"), self._jobs.busy("training")
         if not self.ui.progressBar.visible and (running or training):
             self.ui.progressBar.value = 0
         self.ui.progressBar.visible = running or training
@@ -469,12 +479,13 @@ class CUTSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onAdaptButton(self) -> None:
         """Train the encoder further on the input volume in a subprocess; cancel if running."""
-        if self._training is not None:
+        if self._jobs.busy("training"):
             # Never blocks: the timer keeps polling until the whole process group has ended.
-            self._training.cancel()
+            self._jobs.cancel("training")
             self.ui.statusLabel.text = _("Cancelling the adaptation...")
             return
         from LabelFreeLib.dependencies import ensureDependencies
+        from LabelFreeLib.jobs import ProcessJob
         from LabelFreeLib.training import TrainingProcess
 
         if not ensureDependencies(_("CUTS Segment")):  # may prompt: no busy cursor yet
@@ -486,29 +497,29 @@ class CUTSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             workDir = tempfile.mkdtemp(prefix="CUTSSegment-", dir=slicer.app.temporaryPath)
             modelsDir = Path(slicer.app.slicerUserSettingsFilePath).parent / "LabelFree" / "models"
             safeName = re.sub(r"[^A-Za-z0-9_.-]+", "_", p.inputVolume.GetName())
-            command = self.logic.adaptationCommand(
-                p.inputVolume,
-                workDir,
-                modelsDir / f"cuts_adapted_{safeName}.pt",
-                initModel=p.modelPath,
-                epochs=p.adaptEpochs,
-                seed=p.seed,
-                device=p.device.value,
-                python=pythonSlicerExecutable(),
-            )
-            self._training = TrainingProcess(command, env=slicer.util.startupEnvironment())
-            self._updateBusyState()
-            self._timer.setInterval(200)
-            self._timer.start()
+            try:
+                command = self.logic.adaptationCommand(
+                    p.inputVolume,
+                    workDir,
+                    modelsDir / f"cuts_adapted_{safeName}.pt",
+                    initModel=p.modelPath,
+                    epochs=p.adaptEpochs,
+                    seed=p.seed,
+                    device=p.device.value,
+                    python=pythonSlicerExecutable(),
+                )
+                process = TrainingProcess(command, env=slicer.util.startupEnvironment())
+            except Exception:
+                shutil.rmtree(workDir, ignore_errors=True)
+                raise
 
-    def _pollTraining(self) -> None:
-        for report in self._training.poll():
-            self._showProgress(report)
-        if self._training.running:
-            return
-        training, self._training = self._training, None
-        self._timer.stop()
-        self._timer.setInterval(0)
+            def finished(process):
+                self._trainingFinished(process, workDir)
+
+            self._startJob("training", ProcessJob(process, self._showProgress, finished))
+
+    def _trainingFinished(self, training, workDir) -> None:
+        shutil.rmtree(workDir, ignore_errors=True)
         self._updateBusyState()
         if training.succeeded:
             if self._parameterNode is not None:  # None while the scene is being closed

@@ -39,26 +39,26 @@ def trainingScriptPath() -> Path:
     return resourcePath("Scripts", SCRIPT_NAME)
 
 
-def trainingCommand(method: str, inputs, out, python: str | None = None, **options) -> list[str]:
-    """The command line that trains ``method`` (``"cuts"`` or ``"landmarks"``) on ``inputs``.
+def trainingCommand(task: str, inputs, out, python: str | None = None, **options) -> list[str]:
+    """The command line that trains a model on ``inputs``, or segments one (``"segment"``).
 
     Parameters
     ----------
-    method : str
-        ``"cuts"`` or ``"landmarks"``.
+    task : str
+        ``"cuts"`` or ``"landmarks"`` (training), or ``"segment"`` (a CUTS result folder).
     inputs : sequence of path-like
-        Images or volumes to learn from.
+        Images or volumes to learn from (one image to segment).
     out : path-like
-        The model file to write.
+        The model file or result folder to write.
     python : str, optional
         The interpreter: ``PythonSlicer`` inside Slicer; this interpreter by default.
     **options
         Command-line options of the helper, in Python spelling: ``epochs=3``,
         ``init_model="m.pt"``, ``landmarks=12`` ... None values are left out.
     """
-    if method not in ("cuts", "landmarks"):
-        raise ValueError(f"Unknown training method {method!r}; use 'cuts' or 'landmarks'.")
-    command = [python or sys.executable, "-u", str(trainingScriptPath()), method]
+    if task not in ("cuts", "landmarks", "segment"):
+        raise ValueError(f"Unknown task {task!r}; use 'cuts', 'landmarks' or 'segment'.")
+    command = [python or sys.executable, "-u", str(trainingScriptPath()), task]
     command += [str(Path(p)) for p in inputs]
     command += ["--out", str(Path(out))]
     for key, value in options.items():

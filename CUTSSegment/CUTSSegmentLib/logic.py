@@ -213,12 +213,7 @@ class CUTSSegmentLogic:
         name : str, optional
             Base name of the created nodes; from the input's name by default.
         """
-        if method not in METHODS:
-            raise InputError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.")
-        if axis not in AXES:
-            raise InputError("The slicing axis must be 'auto', 0, 1 or 2.")
-        if method == "kmeans" and not 2 <= int(k) <= MAX_KMEANS_CLUSTERS:
-            raise InputError(f"k-means needs k between 2 and {MAX_KMEANS_CLUSTERS} clusters.")
+        self._checkOptions(method, k, axis)
         image = self.checkInputs(inputVolumeNode, model, device)
         options = {
             "axis": axis,
@@ -234,17 +229,29 @@ class CUTSSegmentLogic:
         baseName = name or f"{inputVolumeNode.GetName()} CUTS"
         return self._runSteps(inputVolumeNode, image, _modelPathOrNone(model), options, baseName)
 
+    @staticmethod
+    def _checkOptions(method, k, axis) -> None:
+        if method not in METHODS:
+            raise InputError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.")
+        if axis not in AXES:
+            raise InputError("The slicing axis must be 'auto', 0, 1 or 2.")
+        if method == "kmeans" and not 2 <= int(k) <= MAX_KMEANS_CLUSTERS:
+            raise InputError(f"k-means needs k between 2 and {MAX_KMEANS_CLUSTERS} clusters.")
+
     def _runSteps(self, inputVolumeNode, image, modelPath, options, baseName):
         from labelfree.cuts.volume import segment_volume_steps
 
         engineSteps = segment_volume_steps(_engineImage(image), modelPath, **options)
         segmentation = yield from engineSteps
         yield Progress(1.0, "Creating the label map")
-        maps, counts = _mapsOf(segmentation, options["method"])
+        return self._resultFromEngine(inputVolumeNode, image, segmentation, baseName)
+
+    def _resultFromEngine(self, inputVolumeNode, image, segmentation, baseName):
+        maps, counts = _mapsOf(segmentation, segmentation.method)
         maps = [_asVolume(m, image.spatial_shape) for m in maps]
         geometry = image.with_array(np.empty(image.spatial_shape, dtype=np.uint8))
         result = self._createNodes(inputVolumeNode, geometry, maps, counts, baseName)
-        result.method = options["method"]
+        result.method = segmentation.method
         result.modelCard = dict(getattr(segmentation, "model_card", {}) or {})
         result.seconds = dict(getattr(segmentation, "seconds", {}) or {})
         self.result = result
@@ -401,6 +408,59 @@ class CUTSSegmentLogic:
         return segmentationNode, segmentId
 
     # -- adapting the model -------------------------------------------------------------------
+
+    def segmentationCommand(
+        self,
+        inputVolumeNode,
+        workDir: str | os.PathLike,
+        model=None,
+        *,
+        method: str = "levels",
+        k: int = 10,
+        axis: str | int = "auto",
+        device: str = "auto",
+        seed: int = 0,
+        maxLevels: int = 12,
+        python: str | None = None,
+    ) -> list[str]:
+        """Write the volume to ``workDir`` and return the command that segments it there.
+
+        The GUI runs it with :class:`LabelFreeLib.training.TrainingProcess`, so that a long
+        run never holds Slicer's main thread and cancel ends it at once; the command writes
+        the result folder ``workDir/result`` whole or not at all. Load it into the scene with
+        :meth:`loadSegmentation`. Inputs are checked as :meth:`segmentSteps` checks them.
+        """
+        from labelfree.io import write_image
+        from LabelFreeLib.training import trainingCommand
+
+        self._checkOptions(method, k, axis)
+        image = self.checkInputs(inputVolumeNode, model, device)
+        volumePath = write_image(_engineImage(image), Path(workDir) / "input.nrrd")
+        return trainingCommand(
+            "segment",
+            [volumePath],
+            Path(workDir) / "result",
+            python=python,
+            model=_modelPathOrNone(model),
+            method=method,
+            k=int(k),
+            axis=axis,
+            device=device,
+            seed=int(seed),
+            max_levels=int(maxLevels),
+        )
+
+    def loadSegmentation(self, inputVolumeNode, folder, name: str | None = None):
+        """Turn a result folder of :meth:`segmentationCommand` into nodes beside the input.
+
+        Returns the :class:`CUTSSegmentResult`, as :meth:`segment` does.
+        """
+        from labelfree.cuts.folders import read_result_folder
+
+        segmentation = read_result_folder(folder)
+        image = volumeNodeToImage(inputVolumeNode)
+        baseName = name or f"{inputVolumeNode.GetName()} CUTS"
+        return self._resultFromEngine(inputVolumeNode, image, segmentation, baseName)
 
     def adaptationCommand(
         self,

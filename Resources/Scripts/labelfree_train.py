@@ -1,17 +1,20 @@
-"""Train a LabelFree model headless: a CUTS encoder or a landmark regressor.
+"""LabelFree's long work, headless: train a CUTS encoder or a landmark regressor, or segment.
 
 Runs the same way in three places::
 
     Slicer --no-splash --no-main-window --python-script labelfree_train.py cuts IMG... --out M.pt
     PythonSlicer labelfree_train.py landmarks IMG... --out M.pt --landmarks 12
     python labelfree_train.py cuts IMG... --out M.pt --epochs 2      # with `labelfree` installed
+    PythonSlicer labelfree_train.py segment IMG --out DIR --method levels
 
-It writes the model file and its ``<name>.card.json`` model card atomically
-(nothing appears unless training finished) and prints lines a parent process
-reads while it runs::
+Training writes the model file and its ``<name>.card.json`` model card
+atomically (nothing appears unless training finished); ``segment`` writes a
+CUTS result folder (:mod:`labelfree.cuts.folders`), whole or not at all. The
+CUTSSegment module runs ``segment`` so that a long segmentation never holds
+Slicer's main thread. While it runs it prints lines a parent process reads::
 
     PROGRESS <fraction 0..1> <message>
-    RESULT <path of the model file>
+    RESULT <path of the model file or result folder>
 
 Exit status: 0 done, 2 bad input or model file (the message is on stderr,
 prefixed ``ERROR``), 130 cancelled (SIGINT/SIGTERM), 1 unexpected failure.
@@ -50,7 +53,7 @@ def buildParser() -> argparse.ArgumentParser:
         prog="labelfree_train.py",
         description="Train a LabelFree model on unlabeled images (headless).",
     )
-    methods = parser.add_subparsers(dest="method", required=True)
+    methods = parser.add_subparsers(dest="task", required=True)
 
     def common(sub):
         sub.add_argument("inputs", nargs="+", type=Path, help="images or volumes to learn from")
@@ -78,7 +81,38 @@ def buildParser() -> argparse.ArgumentParser:
         default=0.0,
         help="weight of the warp-equivariance term (0: off; bundled models 3000 2-D, 300 3-D)",
     )
+    segment = methods.add_parser("segment", help="CUTS segmentation of one image or volume")
+    segment.add_argument("inputs", nargs=1, type=Path, metavar="INPUT", help="image or volume")
+    segment.add_argument("--out", required=True, type=Path, help="result folder to write")
+    segment.add_argument("--model", default=None, help="CUTS model file (default: bundled)")
+    segment.add_argument("--method", default="levels", choices=("levels", "persistent", "kmeans"))
+    segment.add_argument("--k", type=int, default=10, help="clusters of k-means")
+    segment.add_argument("--axis", default="auto", help="slicing axis: auto, 0, 1 or 2")
+    segment.add_argument("--seed", type=seed, default=0, help="random seed (repeatable runs)")
+    segment.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    segment.add_argument("--max-levels", type=int, default=12, help="most levels kept")
+    segment.add_argument("--batch-size", type=int, default=8, help="slices per encoder pass")
+    segment.add_argument("--pool-size", type=int, default=None, help="voxels pooled to condense")
     return parser
+
+
+def runSegmentation(args) -> Path:
+    """Segment the input into the result folder ``args.out``; returns the folder."""
+    from labelfree.cuts.folders import segment_to_folder
+
+    options = {
+        "method": args.method,
+        "k": args.k,
+        "axis": int(args.axis) if str(args.axis).isdigit() else args.axis,
+        "seed": args.seed,
+        "device": args.device,
+        "max_levels": args.max_levels,
+        "batch_size": args.batch_size,
+    }
+    if args.pool_size is not None:
+        options["pool_size"] = args.pool_size
+    segment_to_folder(args.inputs[0], args.out, model=args.model, progress=printProgress, **options)
+    return args.out
 
 
 def printProgress(report) -> None:
@@ -92,7 +126,7 @@ def _options(args) -> dict:
     options = {"seed": args.seed, "device": args.device, "progress": printProgress}
     if args.epochs is not None:
         options["epochs"] = args.epochs
-    if args.method == "cuts":
+    if args.task == "cuts":
         # The engine's None is "auto": each volume's coarsest-spaced axis.
         options["axis"] = int(args.axis) if str(args.axis).isdigit() else None
         options["init_model"] = args.init_model
@@ -106,7 +140,7 @@ def _options(args) -> dict:
 
 def train(args) -> Path:
     """Run the chosen method's ``train_from_files`` and return the written model path."""
-    if args.method == "cuts":
+    if args.task == "cuts":
         from labelfree.cuts.train import train_from_files
     else:
         from labelfree.landmarks.train import train_from_files
@@ -128,7 +162,7 @@ def _exit(status: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse, train, report; returns the exit status."""
+    """Parse, train or segment, report; returns the exit status."""
     _makeEngineImportable()
     args = buildParser().parse_args(argv)
     from labelfree.errors import Cancelled, LabelFreeError
@@ -138,13 +172,13 @@ def main(argv: list[str] | None = None) -> int:
         missing = [str(p) for p in args.inputs if not p.exists()]
         if missing:  # before importing torch: a typo should not cost seconds
             raise LabelFreeError(f"Input not found: {', '.join(missing)}. Check the paths.")
-        print(f"PROGRESS 0.0000 Starting {args.method} training", flush=True)
-        out = train(args)
+        print(f"PROGRESS 0.0000 Starting {args.task}", flush=True)
+        out = runSegmentation(args) if args.task == "segment" else train(args)
     except LabelFreeError as err:
         print(f"ERROR {err}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
     except (Cancelled, KeyboardInterrupt):
-        print("ERROR cancelled; no model was written.", file=sys.stderr, flush=True)
+        print("ERROR cancelled; nothing was written.", file=sys.stderr, flush=True)
         return EXIT_CANCELLED
     print("PROGRESS 1.0000 Done", flush=True)
     print(f"RESULT {out}", flush=True)

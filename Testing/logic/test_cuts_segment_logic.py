@@ -328,3 +328,37 @@ def test_logic_limits_match_the_engine():
 
     assert logic.MAX_KMEANS_CLUSTERS == volume.MAX_KMEANS_CLUSTERS
     assert logic.METHODS == volume.METHODS
+
+
+def test_segmentation_in_a_child_process_equals_the_in_process_run(
+    scene, obliqueVolumeNode, tinyModels, tmp_path
+):
+    """What the widget runs (a child process, so Slicer's main thread stays free) gives the
+    labels the logic computes in-process; cancelling it leaves no result folder."""
+    from LabelFreeLib.training import TrainingProcess
+
+    logic = CUTSSegmentLogic(scene)
+    options = {"maxLevels": 4, "seed": 3, "device": "cpu"}
+    inProcess = logic.segment(obliqueVolumeNode, tinyModels["grey"], **options)
+    inProcessMaps = [m.copy() for m in inProcess.maps]
+
+    command = logic.segmentationCommand(obliqueVolumeNode, tmp_path, tinyModels["grey"], **options)
+    process = TrainingProcess(command)
+    assert process.wait(timeout=300) == 0, "\n".join(process.log)
+    assert process.succeeded and process.modelPath == tmp_path / "result"
+    loaded = logic.loadSegmentation(obliqueVolumeNode, process.modelPath)
+    assert loaded.labelmapNode.GetScene() is scene and loaded.labelmapNode != inProcess.labelmapNode
+    assert loaded.clusterCounts == inProcess.clusterCounts
+    for ours, theirs in zip(loaded.maps, inProcessMaps, strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+
+    cancelled = tmp_path / "cancelled"
+    cancelled.mkdir()
+    command = logic.segmentationCommand(obliqueVolumeNode, cancelled, tinyModels["grey"], **options)
+    process = TrainingProcess(command, grace=2.0)
+    while process.running and not any(line.startswith("PROGRESS") for line in process.log):
+        process.poll()
+    process.cancel()
+    process.wait(timeout=60)
+    assert process.cancelled and not process.succeeded
+    assert sorted(p.name for p in cancelled.iterdir()) == ["input.nrrd"]

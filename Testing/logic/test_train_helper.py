@@ -76,7 +76,7 @@ def test_command_line_is_built_from_options(tmp_path):
         "3",
     ]
     assert trainingScriptPath() == ROOT / "Resources" / "Scripts" / "labelfree_train.py"
-    with pytest.raises(ValueError, match="method"):
+    with pytest.raises(ValueError, match="task"):
         trainingCommand("unet", [], "m.pt")
 
 

@@ -202,3 +202,36 @@ def segment_cohort_steps(
             what="Segmenting",
         )
     )
+
+
+def read_result_folder(folder: str | os.PathLike):
+    """A result folder written by :func:`segment_to_folder`, back as a ``VolumeSegmentation``.
+
+    Raises
+    ------
+    InputError
+        The folder holds no complete result.
+    """
+    from labelfree.cuts.volume import VolumeSegmentation
+
+    folder = Path(folder)
+    try:
+        summary = json.loads((folder / SUMMARY).read_text())
+    except (OSError, ValueError) as err:
+        raise InputError(f"{folder} holds no complete CUTS result ({SUMMARY} is missing).") from err
+
+    def labels(name: str) -> np.ndarray:
+        return read_image(folder / name).array.astype(np.int32)
+
+    levels = [labels(level["file"]) for level in summary["levels"]]
+    return VolumeSegmentation(
+        levels=levels,
+        n_clusters=[int(level["clusters"]) for level in summary["levels"]],
+        persistent=labels(summary["persistent"]),
+        kmeans=labels(summary["kmeans"]) if summary.get("kmeans") else None,
+        axis=int(summary["axis"]),
+        seconds=dict(summary.get("seconds", {})),
+        model_card=dict(summary.get("model", {})),
+        method=summary.get("method", "levels"),
+        persistence=[level.get("persistence") for level in summary["levels"]],
+    )
