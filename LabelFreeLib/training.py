@@ -45,7 +45,8 @@ def trainingCommand(task: str, inputs, out, python: str | None = None, **options
     Parameters
     ----------
     task : str
-        ``"cuts"`` or ``"landmarks"`` (training), or ``"segment"`` (a CUTS result folder).
+        ``"cuts"`` or ``"landmarks"`` (training), ``"segment"`` (a CUTS result folder) or
+        ``"detect"`` (landmarks on a cohort).
     inputs : sequence of path-like
         Images or volumes to learn from (one image to segment).
     out : path-like
@@ -56,13 +57,15 @@ def trainingCommand(task: str, inputs, out, python: str | None = None, **options
         Command-line options of the helper, in Python spelling: ``epochs=3``,
         ``init_model="m.pt"``, ``landmarks=12`` ... None values are left out.
     """
-    if task not in ("cuts", "landmarks", "segment"):
-        raise ValueError(f"Unknown task {task!r}; use 'cuts', 'landmarks' or 'segment'.")
+    if task not in ("cuts", "landmarks", "segment", "detect"):
+        raise ValueError(f"Unknown task {task!r}; use 'cuts', 'landmarks', 'segment' or 'detect'.")
     command = [python or sys.executable, "-u", str(trainingScriptPath()), task]
     command += [str(Path(p)) for p in inputs]
     command += ["--out", str(Path(out))]
     for key, value in options.items():
-        if value is not None:
+        if value is True:
+            command.append("--" + key.replace("_", "-"))
+        elif value is not None and value is not False:
             command += ["--" + key.replace("_", "-"), str(value)]
     return command
 

@@ -126,10 +126,7 @@ class LandmarkDiscoveryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._batchSteps = None
-        self._batchTimer = None
-        self._training = None
-        self._trainingTimer = None
+        self._jobs = None  # LabelFreeLib.jobs.JobRunner: "detect", "batch", "training"
 
     def setup(self) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
@@ -144,7 +141,15 @@ class LandmarkDiscoveryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
         # The logic does the work; it is Qt-free and can be used from scripts.
+        from LabelFreeLib.jobs import JobRunner
+
         self.logic = LandmarkDiscoveryLogic(slicer.mrmlScene)
+        # Detection runs in short steps, batch and training in child processes: one timer
+        # drives them all from the main thread.
+        self._jobs = JobRunner()
+        self._timer = qt.QTimer()
+        self._timer.setInterval(20)
+        self._timer.timeout.connect(self.onTimer)
 
         # Connections
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -161,8 +166,8 @@ class LandmarkDiscoveryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def cleanup(self) -> None:
         """Called when the application closes and the module widget is destroyed."""
-        self._stopBatch()
-        self._stopTraining()
+        if self._jobs is not None:
+            self._jobs.cancelAll()  # child processes: SIGTERM to each whole group
         self.removeObservers()
 
     def enter(self) -> None:
@@ -182,6 +187,7 @@ class LandmarkDiscoveryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def onSceneStartClose(self, caller, event) -> None:
         """Called just before the scene is closed."""
+        self._jobs.cancel("detect")  # its volume and point list are going away
         # Parameter node will be reset, do not use it anymore
         self.setParameterNode(None)
 
@@ -236,12 +242,14 @@ class LandmarkDiscoveryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.exportButton.enabled = bool(node and node.outputLandmarks)
         batchReady = node is not None and hasModel and str(node.batchInputFolder) not in ("", ".")
         batchReady = batchReady and str(node.batchOutputFolder) not in ("", ".")
-        self.ui.batchButton.enabled = batchReady or self._batchSteps is not None
+        self.ui.batchButton.enabled = batchReady or self._jobs.busy("batch")
         if node is not None and node.trainingData == TrainingData.FOLDER:
             trainReady = str(node.batchInputFolder) not in ("", ".")
         else:
             trainReady = node is not None
-        self.ui.trainButton.enabled = trainReady or self._training is not None
+        self.ui.trainButton.enabled = trainReady or self._jobs.busy("training")
+        if self._jobs.busy("detect"):
+            self.ui.applyButton.enabled = True  # it is the Cancel button now
 
     def _modelPath(self):
         return None if self._parameterNode.useBundledModel else self._parameterNode.modelPath
@@ -253,12 +261,18 @@ class LandmarkDiscoveryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         return dependencies.ensureDependencies(requester=_("Landmark Discovery"))
 
     def onApplyButton(self) -> None:
-        """Run processing when user clicks "Apply" button."""
+        """Find landmarks in short steps (the GUI stays responsive), or cancel them."""
+        if self._jobs.busy("detect"):
+            self._jobs.cancel("detect")
+            self._jobFinished(_("Cancelled; the scene is unchanged."))
+            return
         if not self._ensureDependencies():
             return
-        with slicer.util.tryWithErrorDisplay(_("Failed to find landmarks."), waitCursor=True):
+        from LabelFreeLib.jobs import StepJob
+
+        with slicer.util.tryWithErrorDisplay(_("Failed to find landmarks.")):
             p = self._parameterNode
-            outputNode = self.logic.detect(
+            steps = self.logic.detectSteps(
                 p.inputVolume,
                 modelPath=self._modelPath(),
                 keep=p.landmarkCount or None,
@@ -266,9 +280,51 @@ class LandmarkDiscoveryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 outputNode=p.outputLandmarks,
                 device=p.device,
             )
-            p.outputLandmarks = outputNode
-            n = outputNode.GetNumberOfControlPoints()
-            self.ui.statusLabel.text = _("Found {count} landmarks.").format(count=n)
+            self._startJob(
+                "detect",
+                StepJob(steps, self._showProgress, self._detectFinished, self._detectFailed),
+            )
+            self.ui.applyButton.text = _("Cancel")
+
+    def _detectFinished(self, outputNode) -> None:
+        if self._parameterNode is not None:
+            self._parameterNode.outputLandmarks = outputNode
+        self._jobFinished(
+            _("Found {count} landmarks.").format(count=outputNode.GetNumberOfControlPoints())
+        )
+
+    def _detectFailed(self, error) -> None:
+        self._jobFinished("")
+        logging.error(f"Landmark detection failed: {error}")
+        slicer.util.errorDisplay(_("Failed to find landmarks: {error}").format(error=error))
+
+    def _startJob(self, name, job) -> None:
+        self._jobs.start(name, job)
+        self.ui.progressBar.value = 0
+        self.ui.progressBar.show()
+        self._timer.start()
+        self._checkCanApply()
+
+    def _jobFinished(self, message) -> None:
+        """Buttons and progress follow what still runs; ``message`` goes to the status line."""
+        self.ui.applyButton.text = _("Apply")
+        self.ui.batchButton.text = _("Cancel") if self._jobs.busy("batch") else _("Run batch")
+        self.ui.trainButton.text = (
+            _("Cancel training") if self._jobs.busy("training") else _("Train")
+        )
+        self.ui.progressBar.visible = self._jobs.busy()
+        if message:
+            self.ui.statusLabel.text = message
+        self._checkCanApply()
+
+    def _showProgress(self, report) -> None:
+        self.ui.progressBar.value = int(100 * report.fraction)
+        self.ui.statusLabel.text = report.message
+
+    def onTimer(self) -> None:
+        """Advance or poll the running jobs; the timer stops when none is left."""
+        if not self._jobs.tick():
+            self._timer.stop()
 
     def onExportButton(self) -> None:
         """Write the output landmarks to .mrk.json, .fcsv or .csv."""
@@ -286,16 +342,19 @@ class LandmarkDiscoveryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.ui.statusLabel.text = _("Wrote {path}").format(path=str(written))
 
     def onBatchButton(self) -> None:
-        """Start batch detection over a folder, or cancel it when it runs."""
-        if self._batchSteps is not None:
-            self._stopBatch()
-            self.ui.statusLabel.text = _("Batch cancelled; the table was not written.")
+        """Run batch detection over a folder in a child process, or cancel it."""
+        if self._jobs.busy("batch"):
+            self._jobs.cancel("batch")  # the job ends once the whole process group has
+            self.ui.statusLabel.text = _("Cancelling the batch...")
             return
         if not self._ensureDependencies():
             return
+        from LabelFreeLib.jobs import ProcessJob
+        from LabelFreeLib.training import TrainingProcess
+
         with slicer.util.tryWithErrorDisplay(_("Failed to start batch detection.")):
             p = self._parameterNode
-            self._batchSteps = self.logic.batchDetectSteps(
+            command = self.logic.batchDetectCommand(
                 p.batchInputFolder,
                 p.batchOutputFolder,
                 modelPath=self._modelPath(),
@@ -303,57 +362,43 @@ class LandmarkDiscoveryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 minImportance=p.minImportance or None,
                 fileFormat=p.batchFormat,
                 device=p.device,
+                python=pythonSlicerExecutable(),
             )
+            process = TrainingProcess(command, env=slicer.util.startupEnvironment())
+            self._startJob("batch", ProcessJob(process, self._showProgress, self._batchFinished))
             self.ui.batchButton.text = _("Cancel")
-            self.ui.progressBar.value = 0
-            self.ui.progressBar.show()
-            self._batchTimer = qt.QTimer()
-            self._batchTimer.timeout.connect(self._onBatchStep)
-            self._batchTimer.start(0)
 
-    def _onBatchStep(self) -> None:
-        """Advance the batch by one volume; the GUI stays responsive between volumes."""
-        try:
-            report = next(self._batchSteps)
-        except StopIteration as done:
-            self._stopBatch()
-            result = done.value
-            self.ui.statusLabel.text = _(
-                "Wrote {n} landmark files and {table}; {failed} failed."
-            ).format(n=len(result.files), table=str(result.table), failed=len(result.failures))
-            for path, message in result.failures:
-                logging.warning(f"{path}: {message}")
-            return
-        except Exception as error:
-            self._stopBatch()
-            slicer.util.errorDisplay(_("Batch detection failed: {error}").format(error=error))
-            return
-        self.ui.progressBar.value = int(100 * report.fraction)
-        self.ui.statusLabel.text = report.message
-
-    def _stopBatch(self) -> None:
-        if self._batchTimer is not None:
-            self._batchTimer.stop()
-            self._batchTimer = None
-        if self._batchSteps is not None:
-            self._batchSteps.close()  # nothing half-written: the table is written last, atomically
-            self._batchSteps = None
-        if hasattr(self, "ui"):
-            self.ui.batchButton.text = _("Run batch")
-            self.ui.progressBar.hide()
-            self._checkCanApply()
+    def _batchFinished(self, process) -> None:
+        warnings = [line[len("WARNING ") :] for line in process.log if line.startswith("WARNING ")]
+        for warning in warnings:
+            logging.warning(warning)
+        if process.succeeded:
+            message = _("Batch done in {folder}; {failed} volume(s) failed (see the log).").format(
+                folder=str(process.modelPath), failed=len(warnings)
+            )
+        elif process.cancelled:
+            message = _("Batch cancelled; the table was not written.")
+        else:
+            message = ""
+            slicer.util.errorDisplay(
+                _("Batch detection failed: {error}").format(
+                    error=process.errorMessage or "\n".join(process.log[-10:])
+                )
+            )
+        self._jobFinished(message)
 
     # -- training a model (PythonSlicer subprocess) ---------------------------------------------
 
     def onTrainButton(self) -> None:
         """Train a landmark model in a subprocess; cancel it if one is running."""
-        if self._training is not None:
+        if self._jobs.busy("training"):
             # Never blocks: the timer keeps polling until the whole process group has ended.
-            self._training.cancel()
+            self._jobs.cancel("training")
             self.ui.statusLabel.text = _("Cancelling the training...")
             return
         if not self._ensureDependencies():
             return
+        from LabelFreeLib.jobs import ProcessJob
         from LabelFreeLib.training import TrainingProcess, trainingCommand
 
         with slicer.util.tryWithErrorDisplay(_("Failed to start training."), waitCursor=True):
@@ -361,70 +406,57 @@ class LandmarkDiscoveryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             workDir = pathlib.Path(
                 tempfile.mkdtemp(prefix="LandmarkDiscovery-", dir=slicer.app.temporaryPath)
             )
-            if p.trainingData == TrainingData.FOLDER:
-                inputs = self.logic.trainingInputs(workDir, folder=p.batchInputFolder)
-                baseName = p.batchInputFolder.name
-            else:
-                volumes = self.logic.trainableVolumes()
-                inputs = self.logic.trainingInputs(workDir, volumeNodes=volumes)
-                baseName = volumes[0].GetName()
-            safeName = "".join(c if c.isalnum() or c in "-_." else "_" for c in baseName)
-            modelsDir = pathlib.Path(slicer.app.slicerUserSettingsFilePath).parent / "LabelFree"
-            modelPath = modelsDir / "models" / f"landmarks_{safeName}.pt"
-            command = trainingCommand(
-                "landmarks",
-                inputs,
-                modelPath,
-                python=pythonSlicerExecutable(),
-                landmarks=p.trainLandmarks,
-                epochs=p.trainEpochs,
-                device=p.device,
-            )
-            self._training = TrainingProcess(command, env=slicer.util.startupEnvironment())
-            self.ui.trainButton.text = _("Cancel training")
-            self.ui.progressBar.value = 0
-            self.ui.progressBar.show()
-            self._trainingTimer = qt.QTimer()
-            self._trainingTimer.timeout.connect(self._pollTraining)
-            self._trainingTimer.start(200)
+            try:
+                if p.trainingData == TrainingData.FOLDER:
+                    inputs = self.logic.trainingInputs(workDir, folder=p.batchInputFolder)
+                    baseName = p.batchInputFolder.name
+                else:
+                    volumes = self.logic.trainableVolumes()
+                    inputs = self.logic.trainingInputs(workDir, volumeNodes=volumes)
+                    baseName = volumes[0].GetName()
+                safeName = "".join(c if c.isalnum() or c in "-_." else "_" for c in baseName)
+                modelsDir = pathlib.Path(slicer.app.slicerUserSettingsFilePath).parent
+                modelPath = modelsDir / "LabelFree" / "models" / f"landmarks_{safeName}.pt"
+                command = trainingCommand(
+                    "landmarks",
+                    inputs,
+                    modelPath,
+                    python=pythonSlicerExecutable(),
+                    landmarks=p.trainLandmarks,
+                    epochs=p.trainEpochs,
+                    device=p.device,
+                )
+                process = TrainingProcess(command, env=slicer.util.startupEnvironment())
+            except Exception:
+                shutil.rmtree(workDir, ignore_errors=True)
+                raise
 
-    def _pollTraining(self) -> None:
-        """Show the trainer's progress; when it ends, select its model or show its error."""
-        for report in self._training.poll():
-            self.ui.progressBar.value = int(100 * report.fraction)
-            self.ui.statusLabel.text = report.message
-        if self._training.running:
-            return
-        training = self._training
-        self._training = None
-        self._stopTraining()
+            def finished(training):
+                shutil.rmtree(workDir, ignore_errors=True)
+                self._trainingFinished(training)
+
+            self._startJob("training", ProcessJob(process, self._showProgress, finished))
+            self.ui.trainButton.text = _("Cancel training")
+
+    def _trainingFinished(self, training) -> None:
+        """Select the new model, or show why there is none."""
+        message = ""
         if training.succeeded:
             if self._parameterNode is not None:  # None while the scene is being closed
                 self._parameterNode.modelPath = training.modelPath
                 self._parameterNode.useBundledModel = False
-            self.ui.statusLabel.text = _("Model saved to {path}; press Apply to use it.").format(
+            message = _("Model saved to {path}; press Apply to use it.").format(
                 path=str(training.modelPath)
             )
         elif training.cancelled:
-            self.ui.statusLabel.text = _("Training cancelled; no model was written.")
+            message = _("Training cancelled; no model was written.")
         else:
             slicer.util.errorDisplay(
                 _("Training failed: {error}").format(
                     error=training.errorMessage or "\n".join(training.log[-10:])
                 )
             )
-
-    def _stopTraining(self) -> None:
-        if self._trainingTimer is not None:
-            self._trainingTimer.stop()
-            self._trainingTimer = None
-        if self._training is not None:
-            self._training.cancel()  # the application is closing: SIGTERM to the whole group
-            self._training = None
-        if hasattr(self, "ui"):
-            self.ui.trainButton.text = _("Train")
-            self.ui.progressBar.hide()
-            self._checkCanApply()
+        self._jobFinished(message)
 
 
 def pythonSlicerExecutable() -> str:

@@ -12,7 +12,12 @@ import vtk
 
 from labelfree.errors import InputError, ModelFileError
 from labelfree.io import Image, lps_to_ras
-from LabelFreeLib.mrml import placeInSubjectHierarchyBeside, sceneOrDefault, volumeNodeToImage
+from LabelFreeLib.mrml import (
+    placeInSubjectHierarchyBeside,
+    removeNodes,
+    sceneOrDefault,
+    volumeNodeToImage,
+)
 
 from .batch import batchDetectSteps, listVolumes
 from .export import exportLandmarksNode
@@ -98,9 +103,15 @@ class LandmarkDiscoveryLogic:
         total : int
             How many landmarks the model predicts before ``keep``/``minImportance``.
         """
-        from labelfree.landmarks.detect import detect_landmarks
-
         self._checkVolumeNode(volumeNode)
+        image, engineImage = self._images(volumeNode)
+        loaded = self._loadModel(
+            None if modelPath in (None, "") else Path(modelPath), engineImage.ndim
+        )
+        return self._landmarksOf(image, engineImage, loaded, keep, minImportance, device)
+
+    def _images(self, volumeNode):
+        """The volume as an engine image, and as the 2-D image a one-slice volume stands for."""
         image = volumeNodeToImage(volumeNode)
         engineImage = _asEngineImage(image)
         if engineImage.ndim == 3 and engineImage.channels > 1:
@@ -108,8 +119,11 @@ class LandmarkDiscoveryLogic:
                 f"'{volumeNode.GetName()}' is a colour (RGB) volume; landmark models read scalar "
                 "volumes. Convert it first (Vector to Scalar Volume module)."
             )
-        model = None if modelPath in (None, "") else Path(modelPath)
-        loaded = self._loadModel(model, engineImage.ndim)
+        return image, engineImage
+
+    def _landmarksOf(self, image, engineImage, loaded, keep, minImportance, device):
+        from labelfree.landmarks.detect import detect_landmarks
+
         landmarks = detect_landmarks(
             engineImage, loaded, keep=keep, min_importance=minImportance, device=device
         )
@@ -123,6 +137,53 @@ class LandmarkDiscoveryLogic:
             list(landmarks.names),
             importance,
             int(loaded[1]["n_landmarks"]),
+        )
+
+    def detectSteps(
+        self,
+        volumeNode,
+        modelPath=None,
+        keep=None,
+        minImportance=None,
+        outputNode=None,
+        device="auto",
+    ):
+        """:meth:`detect` as steps, for the GUI: a generator of ``Progress`` returning the node.
+
+        Arguments are checked at once (this call raises); each step (read the volume, load
+        the model, detect, fill the point list) returns quickly, and closing the generator
+        before its end leaves the scene unchanged.
+        """
+        if outputNode is not None and not outputNode.IsA("vtkMRMLMarkupsFiducialNode"):
+            raise InputError(
+                "The output must be a markups point list (vtkMRMLMarkupsFiducialNode)."
+            )
+        self._checkVolumeNode(volumeNode)
+        model = None if modelPath in (None, "") else Path(modelPath)
+        return self._detectSteps(volumeNode, model, keep, minImportance, outputNode, device)
+
+    def _detectSteps(self, volumeNode, model, keep, minImportance, outputNode, device):
+        from labelfree.progress import Progress
+
+        yield Progress(0.0, "Reading the volume")
+        image, engineImage = self._images(volumeNode)
+        yield Progress(0.2, "Loading the model")
+        loaded = self._loadModel(model, engineImage.ndim)
+        yield Progress(0.4, "Finding landmarks")
+        pointsWorld, names, importance, total = self._landmarksOf(
+            image, engineImage, loaded, keep, minImportance, device
+        )
+        yield Progress(0.9, "Placing the points")
+        transformNode = volumeNode.GetParentTransformNode()
+        return self._writeNode(
+            outputNode,
+            volumeNode,
+            transformNode,
+            _worldToLocal(pointsWorld, transformNode),
+            names,
+            importanceDescriptions(importance, total),
+            importance,
+            str(model) if model is not None else "bundled",
         )
 
     def detect(
@@ -153,26 +214,10 @@ class LandmarkDiscoveryLogic:
         vtkMRMLMarkupsFiducialNode
             The point list.
         """
-        if outputNode is not None and not outputNode.IsA("vtkMRMLMarkupsFiducialNode"):
-            raise InputError(
-                "The output must be a markups point list (vtkMRMLMarkupsFiducialNode)."
-            )
-        pointsWorld, names, importance, total = self.findLandmarks(
-            volumeNode, modelPath, keep, minImportance, device
-        )
-        transformNode = volumeNode.GetParentTransformNode()
-        pointsLocal = _worldToLocal(pointsWorld, transformNode)
-        descriptions = importanceDescriptions(importance, total)
-        modelName = str(modelPath) if modelPath not in (None, "") else "bundled"
-        return self._writeNode(
-            outputNode,
-            volumeNode,
-            transformNode,
-            pointsLocal,
-            names,
-            descriptions,
-            importance,
-            modelName,
+        from labelfree.progress import run_steps
+
+        return run_steps(
+            self.detectSteps(volumeNode, modelPath, keep, minImportance, outputNode, device)
         )
 
     def exportLandmarks(self, markupsNode, path, world=True):
@@ -254,6 +299,49 @@ class LandmarkDiscoveryLogic:
             overwrite,
         )
         return run_steps(steps, progressCallback)
+
+    def batchDetectCommand(
+        self,
+        inputFolder,
+        outputFolder,
+        modelPath=None,
+        keep=None,
+        minImportance=None,
+        fileFormat=".mrk.json",
+        device="auto",
+        tableName="landmarks.csv",
+        overwrite=False,
+        python=None,
+    ):
+        """The command that runs :meth:`batchDetect` in a child process (what the GUI does).
+
+        Run it with :class:`LabelFreeLib.training.TrainingProcess`; it writes what
+        :meth:`batchDetect` writes, and ``outputFolder/provenance.json`` lists the outcome of
+        each volume. Arguments are checked here, before any process starts.
+        """
+        from labelfree.markups import markups_format
+        from LabelFreeLib.training import trainingCommand
+
+        markups_format("x" + fileFormat)
+        listVolumes(inputFolder)
+        model = (
+            None if modelPath in (None, "") or str(modelPath).strip() in ("", ".") else modelPath
+        )
+        if model is not None and not Path(model).is_file():
+            raise InputError(f"Landmark model not found: {model}. Choose a .pt model file.")
+        return trainingCommand(
+            "detect",
+            [inputFolder],
+            outputFolder,
+            python=python,
+            model=model,
+            keep=keep,
+            min_importance=minImportance,
+            format=fileFormat,
+            table=tableName,
+            device=device,
+            overwrite=bool(overwrite),
+        )
 
     # ------------------------------------------------------------------ training inputs
 
@@ -363,18 +451,11 @@ class LandmarkDiscoveryLogic:
                 placeInSubjectHierarchyBeside(self.scene, outputNode, volumeNode)
         except Exception:
             if created and outputNode is not None:
-                self._removeNode(outputNode)
+                removeNodes(self.scene, outputNode)
             elif snapshot is not None:
                 snapshot.restore()
             raise
         return outputNode
-
-    def _removeNode(self, node):
-        for i in range(node.GetNumberOfDisplayNodes()):
-            displayNode = node.GetNthDisplayNode(i)
-            if displayNode is not None:
-                self.scene.RemoveNode(displayNode)
-        self.scene.RemoveNode(node)
 
 
 def _asEngineImage(image: Image) -> Image:

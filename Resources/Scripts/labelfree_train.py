@@ -6,12 +6,14 @@ Runs the same way in three places::
     PythonSlicer labelfree_train.py landmarks IMG... --out M.pt --landmarks 12
     python labelfree_train.py cuts IMG... --out M.pt --epochs 2      # with `labelfree` installed
     PythonSlicer labelfree_train.py segment IMG --out DIR --method levels
+    PythonSlicer labelfree_train.py detect FOLDER --out DIR --model M.pt
 
 Training writes the model file and its ``<name>.card.json`` model card
 atomically (nothing appears unless training finished); ``segment`` writes a
-CUTS result folder (:mod:`labelfree.cuts.folders`), whole or not at all. The
-CUTSSegment module runs ``segment`` so that a long segmentation never holds
-Slicer's main thread. While it runs it prints lines a parent process reads::
+CUTS result folder (:mod:`labelfree.cuts.folders`), whole or not at all;
+``detect`` a cohort's landmark files and table (:mod:`labelfree.cohort`). The
+modules run ``segment`` and ``detect`` so that long work never holds Slicer's
+main thread. While it runs it prints lines a parent process reads::
 
     PROGRESS <fraction 0..1> <message>
     RESULT <path of the model file or result folder>
@@ -93,7 +95,39 @@ def buildParser() -> argparse.ArgumentParser:
     segment.add_argument("--max-levels", type=int, default=12, help="most levels kept")
     segment.add_argument("--batch-size", type=int, default=8, help="slices per encoder pass")
     segment.add_argument("--pool-size", type=int, default=None, help="voxels pooled to condense")
+    detect = methods.add_parser("detect", help="landmarks on many volumes (a batch)")
+    detect.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="images or a folder")
+    detect.add_argument("--out", required=True, type=Path, help="output folder")
+    detect.add_argument("--model", default=None, help="landmark model (default: bundled)")
+    detect.add_argument("--keep", type=int, default=None, help="keep the N most important")
+    detect.add_argument("--min-importance", type=float, default=None, help="keep importance >= F")
+    detect.add_argument("--format", default=".mrk.json", help=".mrk.json, .fcsv or .csv")
+    detect.add_argument("--table", default="landmarks.csv", help="file name of the table")
+    detect.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    detect.add_argument("--overwrite", action="store_true", help="redo cases done earlier")
     return parser
+
+
+def runDetection(args) -> Path:
+    """Detect landmarks on every input into ``args.out`` (files, table, provenance)."""
+    from labelfree.landmarks.detect import detect_cohort_steps
+    from labelfree.progress import run_steps
+
+    steps = detect_cohort_steps(
+        args.inputs if len(args.inputs) > 1 else args.inputs[0],
+        args.out,
+        args.model,
+        suffix=args.format,
+        table=args.out / args.table,
+        keep=args.keep,
+        min_importance=args.min_importance,
+        device=args.device,
+        overwrite=args.overwrite,
+    )
+    result = run_steps(steps, printProgress)
+    for case, reason in result.failures:
+        print(f"WARNING {case.name}: {reason}", flush=True)
+    return args.out
 
 
 def runSegmentation(args) -> Path:
@@ -173,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         if missing:  # before importing torch: a typo should not cost seconds
             raise LabelFreeError(f"Input not found: {', '.join(missing)}. Check the paths.")
         print(f"PROGRESS 0.0000 Starting {args.task}", flush=True)
-        out = runSegmentation(args) if args.task == "segment" else train(args)
+        run = {"segment": runSegmentation, "detect": runDetection}.get(args.task, train)
+        out = run(args)
     except LabelFreeError as err:
         print(f"ERROR {err}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT

@@ -540,3 +540,45 @@ def test_bundled_model_or_a_clear_error_without_one(scene, obliqueVolumeNode, sc
         with pytest.raises(ModelFileError, match="No bundled 3-D landmark model"):
             logic.detect(obliqueVolumeNode)
         assert sceneSnapshot(scene) == before
+
+
+def test_batch_in_a_child_process_writes_what_the_in_process_batch_writes(
+    scene, models, tmp_path, phantomArray
+):
+    """The GUI runs the batch as a child process (the main thread stays free): same files."""
+    from LabelFreeLib.training import TrainingProcess
+
+    writeBatchFolder(tmp_path / "in", phantomArray)
+    logic = LandmarkDiscoveryLogic(scene)
+    inProcess = logic.batchDetect(tmp_path / "in", tmp_path / "here", modelPath=models[3], keep=4)
+    command = logic.batchDetectCommand(tmp_path / "in", tmp_path / "child", models[3], keep=4)
+    process = TrainingProcess(command)
+    assert process.wait(timeout=300) == 0, "\n".join(process.log)
+    assert process.succeeded and process.modelPath == tmp_path / "child"
+    assert any(line.startswith("WARNING broken.nrrd") for line in process.log)
+    for landmarkFile in inProcess.files:
+        assert (tmp_path / "child" / landmarkFile.name).read_text() == landmarkFile.read_text()
+    assert (tmp_path / "child" / "landmarks.csv").read_text() == inProcess.table.read_text()
+    with pytest.raises(InputError, match="Unknown landmark file type"):
+        logic.batchDetectCommand(tmp_path / "in", tmp_path / "x", models[3], fileFormat=".txt")
+    with pytest.raises(InputError, match="not found"):
+        logic.batchDetectCommand(tmp_path / "in", tmp_path / "x", tmp_path / "missing.pt")
+
+
+def test_detect_steps_are_short_and_closing_them_leaves_the_scene(
+    scene, obliqueVolumeNode, models, sceneSnapshot
+):
+    logic = LandmarkDiscoveryLogic(scene)
+    before = sceneSnapshot(scene)
+    steps = logic.detectSteps(obliqueVolumeNode, modelPath=models[3], keep=3)
+    messages = [next(steps).message for _ in range(4)]
+    assert messages == [
+        "Reading the volume",
+        "Loading the model",
+        "Finding landmarks",
+        "Placing the points",
+    ]
+    steps.close()  # cancelled before the point list was filled
+    assert sceneSnapshot(scene) == before
+    node = logic.detect(obliqueVolumeNode, modelPath=models[3], keep=3)
+    assert node.GetNumberOfControlPoints() == 3
