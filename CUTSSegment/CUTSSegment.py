@@ -268,8 +268,9 @@ class CUTSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onApplyButton(self) -> None:
         """Start a run, or cancel the one in progress (Apply turns into Cancel)."""
         if self._jobs.busy("run"):
-            self._jobs.cancel("run")  # the job ends once the whole process group has
             self.ui.statusLabel.text = _("Cancelling...")
+            self._jobs.cancel("run")  # a child process: the job ends once its group has
+            self._updateBusyState()
             return
         from LabelFreeLib.dependencies import ensureDependencies
         from LabelFreeLib.jobs import ProcessJob
@@ -306,21 +307,40 @@ class CUTSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._startJob("run", ProcessJob(process, self._showProgress, finished))
 
     def _runFinished(self, process, volumeNode, workDir) -> None:
-        try:
-            if process.succeeded:
-                with slicer.util.tryWithErrorDisplay(_("Failed to load the segmentation.")):
-                    self._showResult(self.logic.loadSegmentation(volumeNode, process.modelPath))
-            elif process.cancelled:
-                self.ui.statusLabel.text = _("Cancelled; nothing was added to the scene.")
-            else:
+        """The child process has ended: load its result in short steps, or say why there is none."""
+        from LabelFreeLib.jobs import StepJob
+
+        if process.succeeded:
+            steps = self.logic.loadSegmentationSteps(volumeNode, process.modelPath)
+
+            def loaded(result):
+                shutil.rmtree(workDir, ignore_errors=True)
+                self._showResult(result)
+                self._updateBusyState()
+
+            def failed(error):
+                shutil.rmtree(workDir, ignore_errors=True)
+                self._updateBusyState()
                 slicer.util.errorDisplay(
-                    _("Segmentation failed: {error}").format(
-                        error=process.errorMessage or "\n".join(process.log[-10:])
-                    )
+                    _("Failed to load the segmentation: {error}").format(error=error)
                 )
-        finally:
-            shutil.rmtree(workDir, ignore_errors=True)
-            self._updateBusyState()
+
+            def cancelled():
+                shutil.rmtree(workDir, ignore_errors=True)
+                self.ui.statusLabel.text = _("Cancelled; nothing was added to the scene.")
+
+            self._startJob("run", StepJob(steps, self._showProgress, loaded, failed, cancelled))
+            return
+        shutil.rmtree(workDir, ignore_errors=True)
+        self._updateBusyState()
+        if process.cancelled:
+            self.ui.statusLabel.text = _("Cancelled; nothing was added to the scene.")
+        else:
+            slicer.util.errorDisplay(
+                _("Segmentation failed: {error}").format(
+                    error=process.errorMessage or "\n".join(process.log[-10:])
+                )
+            )
 
     def _startJob(self, name, job) -> None:
         self._jobs.start(name, job)

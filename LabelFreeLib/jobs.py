@@ -39,6 +39,8 @@ class StepJob:
         ``onDone(result)`` when the generator returns.
     onError : callable, optional
         ``onError(exception)`` when it raises; without it the exception propagates.
+    onCancel : callable, optional
+        ``onCancel()`` after :meth:`cancel` has closed the generator.
     budget : float
         Seconds one tick may spend before handing control back (at least one step runs).
     clock : callable
@@ -51,6 +53,7 @@ class StepJob:
         onProgress: Callable | None = None,
         onDone: Callable | None = None,
         onError: Callable | None = None,
+        onCancel: Callable | None = None,
         budget: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
     ):
@@ -58,6 +61,7 @@ class StepJob:
         self._onProgress = onProgress
         self._onDone = onDone
         self._onError = onError
+        self._onCancel = onCancel
         self._budget = budget
         self._clock = clock
         self.running = True
@@ -91,10 +95,12 @@ class StepJob:
         return True
 
     def cancel(self) -> None:
-        """Stop now: closing the generator runs its cleanup; no callback follows."""
+        """Stop now: closing the generator runs its cleanup; then ``onCancel``, nothing else."""
         if self.running:
             self.running = False
             self._steps.close()
+            if self._onCancel is not None:
+                self._onCancel()
 
 
 class ProcessJob:

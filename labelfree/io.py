@@ -336,6 +336,13 @@ def write_image(image: Image, path: str | os.PathLike, compress: bool = True) ->
     return path
 
 
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Bit-for-bit equality (NaN included), at memcmp speed rather than elementwise."""
+    if a.dtype != b.dtype:
+        return np.array_equal(a, b, equal_nan=np.issubdtype(a.dtype, np.floating))
+    return np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()
+
+
 def _verify_written(image: Image, tmp: Path, path: Path) -> None:
     try:
         filechecks.check_nifti_complete(tmp)
@@ -346,9 +353,7 @@ def _verify_written(image: Image, tmp: Path, path: Path) -> None:
             "disk full? Nothing was replaced."
         ) from err
     lossy = path.name.lower().endswith((".jpg", ".jpeg"))
-    if back.array.shape != image.array.shape or not (
-        lossy or np.array_equal(back.array, image.array, equal_nan=True)
-    ):
+    if back.array.shape != image.array.shape or not (lossy or _same_bits(back.array, image.array)):
         raise OutputError(
             f"{path} reads back different from what was written; is the disk full? "
             "Nothing was replaced."

@@ -243,12 +243,15 @@ class CUTSSegmentLogic:
 
         engineSteps = segment_volume_steps(_engineImage(image), modelPath, **options)
         segmentation = yield from engineSteps
-        yield Progress(1.0, "Creating the label map")
-        return self._resultFromEngine(inputVolumeNode, image, segmentation, baseName)
+        return (yield from self._resultSteps(inputVolumeNode, image, segmentation, baseName))
 
-    def _resultFromEngine(self, inputVolumeNode, image, segmentation, baseName):
-        maps, counts = _mapsOf(segmentation, segmentation.method)
-        maps = [_asVolume(m, image.spatial_shape) for m in maps]
+    def _resultSteps(self, inputVolumeNode, image, segmentation, baseName):
+        """Label maps as the slider's arrays (one per step), then the nodes (the last step)."""
+        raw, counts = _mapsOf(segmentation, segmentation.method)
+        maps = []
+        for labels in raw:
+            yield Progress(1.0, "Creating the label map")
+            maps.append(_asVolume(_sliderArray(labels), image.spatial_shape))
         geometry = image.with_array(np.empty(image.spatial_shape, dtype=np.uint8))
         result = self._createNodes(inputVolumeNode, geometry, maps, counts, baseName)
         result.method = segmentation.method
@@ -435,7 +438,8 @@ class CUTSSegmentLogic:
 
         self._checkOptions(method, k, axis)
         image = self.checkInputs(inputVolumeNode, model, device)
-        volumePath = write_image(_engineImage(image), Path(workDir) / "input.nrrd")
+        # Uncompressed: this runs on the main thread, and the file lives only as long as the run.
+        volumePath = write_image(_engineImage(image), Path(workDir) / "input.nrrd", compress=False)
         return trainingCommand(
             "segment",
             [volumePath],
@@ -455,12 +459,16 @@ class CUTSSegmentLogic:
 
         Returns the :class:`CUTSSegmentResult`, as :meth:`segment` does.
         """
-        from labelfree.cuts.folders import read_result_folder
+        return run_steps(self.loadSegmentationSteps(inputVolumeNode, folder, name))
 
-        segmentation = read_result_folder(folder)
+    def loadSegmentationSteps(self, inputVolumeNode, folder, name: str | None = None):
+        """:meth:`loadSegmentation` one label file per step, for the GUI's timer."""
+        from labelfree.cuts.folders import read_result_folder_steps
+
         image = volumeNodeToImage(inputVolumeNode)
+        segmentation = yield from read_result_folder_steps(folder)
         baseName = name or f"{inputVolumeNode.GetName()} CUTS"
-        return self._resultFromEngine(inputVolumeNode, image, segmentation, baseName)
+        return (yield from self._resultSteps(inputVolumeNode, image, segmentation, baseName))
 
     def adaptationCommand(
         self,
@@ -520,8 +528,8 @@ def _modelPathOrNone(model) -> str | None:
     return str(model)
 
 
-def _mapsOf(segmentation, method: str) -> tuple[list[np.ndarray], list[int]]:
-    """The label maps the slider walks (engine labels 1..n; 0 = none) and their cluster counts."""
+def _mapsOf(segmentation, method: str) -> tuple[list, list[int]]:
+    """The engine maps the slider walks (labels 1..n; 0 = none) and their cluster counts."""
     if method == "levels":
         raw, counts = list(segmentation.levels), [int(n) for n in segmentation.n_clusters]
     else:
@@ -531,12 +539,14 @@ def _mapsOf(segmentation, method: str) -> tuple[list[np.ndarray], list[int]]:
         counts = [int(np.count_nonzero(np.bincount(np.asarray(raw[0]).reshape(-1))[1:]))]
     if not raw:
         raise InputError("The engine found no granularity level; check the input volume.")
-    maps = []
-    for labels in raw:
-        labels = np.asarray(labels)
-        dtype = np.int16 if int(labels.max()) < 2**15 else np.int32
-        maps.append(np.ascontiguousarray(labels, dtype=dtype))
-    return maps, counts
+    return raw, counts
+
+
+def _sliderArray(labels) -> np.ndarray:
+    """A label map as the slider shows it: int16 when the labels fit, contiguous."""
+    labels = np.asarray(labels)
+    dtype = np.int16 if int(labels.max()) < 2**15 else np.int32
+    return np.ascontiguousarray(labels, dtype=dtype)
 
 
 def _engineImage(image: Image) -> Image:

@@ -122,9 +122,16 @@ class LandmarkDiscoveryLogic:
         return image, engineImage
 
     def _landmarksOf(self, image, engineImage, loaded, keep, minImportance, device):
-        from labelfree.landmarks.detect import detect_landmarks
+        from labelfree.progress import run_steps
 
-        landmarks = detect_landmarks(
+        return run_steps(
+            self._landmarkSteps(image, engineImage, loaded, keep, minImportance, device)
+        )
+
+    def _landmarkSteps(self, image, engineImage, loaded, keep, minImportance, device):
+        from labelfree.landmarks.detect import detect_landmarks_steps
+
+        landmarks = yield from detect_landmarks_steps(
             engineImage, loaded, keep=keep, min_importance=minImportance, device=device
         )
         indexXyz = np.asarray(landmarks.index_xyz, dtype=float).reshape(len(landmarks.names), -1)
@@ -163,15 +170,15 @@ class LandmarkDiscoveryLogic:
         return self._detectSteps(volumeNode, model, keep, minImportance, outputNode, device)
 
     def _detectSteps(self, volumeNode, model, keep, minImportance, outputNode, device):
-        from labelfree.progress import Progress
+        from labelfree.progress import Progress, scaled
 
         yield Progress(0.0, "Reading the volume")
         image, engineImage = self._images(volumeNode)
         yield Progress(0.2, "Loading the model")
         loaded = self._loadModel(model, engineImage.ndim)
         yield Progress(0.4, "Finding landmarks")
-        pointsWorld, names, importance, total = self._landmarksOf(
-            image, engineImage, loaded, keep, minImportance, device
+        pointsWorld, names, importance, total = yield from scaled(
+            self._landmarkSteps(image, engineImage, loaded, keep, minImportance, device), 0.4, 0.9
         )
         yield Progress(0.9, "Placing the points")
         transformNode = volumeNode.GetParentTransformNode()

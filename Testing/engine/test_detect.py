@@ -342,3 +342,20 @@ def test_top_landmarks_by_importance_register_better_than_random_ones():
     top = registration_mse(np.argsort(-importance, kind="stable")[:6])
     random = np.mean([registration_mse(rng.choice(12, 6, replace=False)) for _ in range(10)])
     assert top < random
+
+
+def test_smoothing_in_slabs_equals_the_whole_gaussian_filter(monkeypatch):
+    """Detection's short GUI steps change nothing: the slab-wise smoothing is the same filter."""
+    from scipy import ndimage
+
+    from labelfree.landmarks import model as landmark_model
+
+    monkeypatch.setattr(landmark_model, "SMOOTH_CHUNK_VOXELS", 500)  # many slabs per pass
+    volume = np.random.default_rng(0).random((21, 34, 27)).astype(np.float32)
+    sigma = [1.5, 0.0, 2.25]
+    steps = landmark_model.smooth_steps(volume, sigma)
+    result = run_steps(steps)
+    expected = ndimage.gaussian_filter(volume, sigma, mode="nearest")
+    assert result.dtype == expected.dtype
+    np.testing.assert_array_equal(result, expected)
+    assert len(list(landmark_model.smooth_steps(volume, sigma))) > 10

@@ -25,6 +25,8 @@ for _name in MODULE_DIRS:
 slicer = pytest.importorskip("slicer", reason="needs slicer-core (pip install slicer-core)")
 vtk = pytest.importorskip("vtk")
 
+from LabelFreeLib.headless import newScene  # noqa: E402 (needs the path above)
+
 # The direction of the oblique test volume: a rotation about a tilted axis, so that
 # every element differs from the identity (columns are the i, j, k axes in RAS).
 _AXIS = np.array([1.0, 2.0, 3.0]) / np.linalg.norm([1.0, 2.0, 3.0])
@@ -34,39 +36,6 @@ OBLIQUE_DIRECTION_RAS = np.eye(3) + np.sin(_ANGLE) * _K + (1 - np.cos(_ANGLE)) *
 OBLIQUE_SPACING = (0.8, 0.6, 2.5)
 OBLIQUE_ORIGIN_RAS = (12.5, -30.0, 41.0)
 OBLIQUE_SHAPE_KJI = (6, 32, 40)
-
-
-def _register(scene, appLogic, name, logic):
-    logic.SetMRMLApplicationLogic(appLogic)
-    logic.SetMRMLScene(scene)
-    appLogic.SetModuleLogic(name, logic)
-    return logic
-
-
-def newScene():
-    """A ``vtkMRMLScene`` with the core logics of the Slicer application attached.
-
-    Returns the scene and the logics; keep the logics referenced while the scene is used.
-    """
-    scene = slicer.vtkMRMLScene()
-    appLogic = slicer.vtkSlicerApplicationLogic()
-    appLogic.SetMRMLScene(scene)
-    colorLogic = appLogic.GetColorLogic()
-    colorLogic.SetMRMLApplicationLogic(appLogic)
-    colorLogic.SetMRMLScene(scene)
-    # The default colour *files* live in the Slicer install; without one, the
-    # built-in tables (Labels, GenericAnatomyColors, ...) are still created.
-    colorLogic.AddDefaultColorNodes()
-    logics = [
-        appLogic,
-        _register(scene, appLogic, "Volumes", slicer.vtkSlicerVolumesLogic()),
-        _register(scene, appLogic, "Segmentations", slicer.vtkSlicerSegmentationsModuleLogic()),
-        _register(scene, appLogic, "Markups", slicer.vtkSlicerMarkupsLogic()),
-        _register(
-            scene, appLogic, "SubjectHierarchy", slicer.vtkSlicerSubjectHierarchyModuleLogic()
-        ),
-    ]
-    return scene, logics
 
 
 @pytest.fixture

@@ -51,11 +51,16 @@ def test_a_step_job_runs_for_its_budget_per_tick_and_reports_the_last_step():
 
 def test_cancel_closes_the_generator_and_calls_nothing_more():
     log, results = [], []
-    job = StepJob(counting_steps(100, log), onDone=results.append, budget=0.0)
+    job = StepJob(
+        counting_steps(100, log),
+        onDone=results.append,
+        onCancel=lambda: log.append("told"),
+        budget=0.0,
+    )
     assert job.tick()
     job.cancel()
     assert not job.tick() and not job.running
-    assert log == ["cleaned up"] and results == []
+    assert log == ["cleaned up", "told"] and results == []
 
 
 def test_an_error_goes_to_on_error_or_propagates():

@@ -571,13 +571,11 @@ def test_detect_steps_are_short_and_closing_them_leaves_the_scene(
     logic = LandmarkDiscoveryLogic(scene)
     before = sceneSnapshot(scene)
     steps = logic.detectSteps(obliqueVolumeNode, modelPath=models[3], keep=3)
-    messages = [next(steps).message for _ in range(4)]
-    assert messages == [
-        "Reading the volume",
-        "Loading the model",
-        "Finding landmarks",
-        "Placing the points",
-    ]
+    messages = []
+    while not messages or messages[-1] != "Placing the points":
+        messages.append(next(steps).message)
+    assert messages[:3] == ["Reading the volume", "Loading the model", "Finding landmarks"]
+    assert "Running the network" in messages
     steps.close()  # cancelled before the point list was filled
     assert sceneSnapshot(scene) == before
     node = logic.detect(obliqueVolumeNode, modelPath=models[3], keep=3)

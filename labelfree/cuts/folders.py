@@ -212,6 +212,11 @@ def read_result_folder(folder: str | os.PathLike):
     InputError
         The folder holds no complete result.
     """
+    return run_steps(read_result_folder_steps(folder))
+
+
+def read_result_folder_steps(folder: str | os.PathLike):
+    """:func:`read_result_folder` one label file per step (a generator of ``Progress``)."""
     from labelfree.cuts.volume import VolumeSegmentation
 
     folder = Path(folder)
@@ -219,16 +224,18 @@ def read_result_folder(folder: str | os.PathLike):
         summary = json.loads((folder / SUMMARY).read_text())
     except (OSError, ValueError) as err:
         raise InputError(f"{folder} holds no complete CUTS result ({SUMMARY} is missing).") from err
-
-    def labels(name: str) -> np.ndarray:
-        return read_image(folder / name).array.astype(np.int32)
-
-    levels = [labels(level["file"]) for level in summary["levels"]]
+    names = [level["file"] for level in summary["levels"]] + [summary["persistent"]]
+    names += [summary["kmeans"]] if summary.get("kmeans") else []
+    maps = []
+    for number, name in enumerate(names):
+        yield Progress(number / len(names), f"Reading {name}")
+        maps.append(read_image(folder / name).array.astype(np.int32))
+    levels = maps[: len(summary["levels"])]
     return VolumeSegmentation(
         levels=levels,
         n_clusters=[int(level["clusters"]) for level in summary["levels"]],
-        persistent=labels(summary["persistent"]),
-        kmeans=labels(summary["kmeans"]) if summary.get("kmeans") else None,
+        persistent=maps[len(levels)],
+        kmeans=maps[len(levels) + 1] if summary.get("kmeans") else None,
         axis=int(summary["axis"]),
         seconds=dict(summary.get("seconds", {})),
         model_card=dict(summary.get("model", {})),

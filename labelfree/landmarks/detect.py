@@ -30,7 +30,7 @@ from labelfree.cohort import CohortResult, case_name, list_cases, run_cohort_ste
 from labelfree.devices import resolve_device
 from labelfree.errors import InputError, LabelFreeError, ModelFileError
 from labelfree.io import Image, lps_to_ras, read_image
-from labelfree.landmarks.model import load_landmark_model, predict_landmarks
+from labelfree.landmarks.model import load_landmark_model, predict_prepared, prepare_image_steps
 from labelfree.markups import (
     markups_format,
     points_as_3d,
@@ -38,7 +38,7 @@ from labelfree.markups import (
     write_landmark_table,
     write_markups,
 )
-from labelfree.progress import Progress
+from labelfree.progress import Progress, Steps, run_steps
 from labelfree.provenance import file_digest
 
 ModelLike = str | os.PathLike | tuple | None
@@ -228,10 +228,28 @@ def detect_landmarks(
     LabelFreeError
         Two returned landmarks coincide (a collapsed model).
     """
+    return run_steps(
+        detect_landmarks_steps(
+            image, model, keep=keep, min_importance=min_importance, device=device
+        )
+    )
+
+
+def detect_landmarks_steps(
+    image: Image,
+    model: ModelLike = None,
+    *,
+    keep: int | None = None,
+    min_importance: float | None = None,
+    device: str = "auto",
+) -> Steps[Landmarks]:
+    """:func:`detect_landmarks` in short steps (a GUI's timer drives them); the same result."""
     regressor, config, _ = _resolve_model(model, image.ndim)
     torch_device = resolve_device(device)
     regressor.to(torch_device)
-    normalised = predict_landmarks(regressor, config, image.array)
+    prepared = yield from prepare_image_steps(image.array, config)
+    yield Progress(0.9, "Running the network")
+    normalised = predict_prepared(regressor, prepared)
     n = len(normalised)
     stored = config.get("importance")
     importance = np.full(n, np.nan) if stored is None else np.asarray(stored, dtype=float)

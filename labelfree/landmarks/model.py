@@ -35,6 +35,7 @@ from labelfree.modelfile import (
     save_model,
     whole_in,
 )
+from labelfree.progress import Progress, Steps, run_steps
 
 ARCHITECTURE_KEYS = ("ndim", "input_size", "n_landmarks", "n_fixed", "network")
 BUNDLED = {2: "landmarks_2d.pt", 3: "landmarks_3d.pt"}
@@ -89,14 +90,48 @@ def resample(array: np.ndarray, input_size: int) -> np.ndarray:
     Downsampled axes are smoothed first (Gaussian, ``sigma = (factor - 1) / 2``
     pixels, as scikit-image's anti-aliasing) to avoid aliasing.
     """
+    return run_steps(resample_steps(array, input_size))
+
+
+def resample_steps(array: np.ndarray, input_size: int) -> Steps[np.ndarray]:
+    """:func:`resample` as steps of about ``SMOOTH_CHUNK_VOXELS`` voxels (same result)."""
     factors = [(n - 1) / max(input_size - 1, 1) for n in array.shape]
     sigma = [max(0.0, (f - 1) / 2) for f in factors]
     if any(s > 0 for s in sigma):
-        array = ndimage.gaussian_filter(array, sigma, mode="nearest")
+        array = yield from smooth_steps(array, sigma)
     tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
     mode = "bilinear" if array.ndim == 2 else "trilinear"
     out = F.interpolate(tensor, size=(input_size,) * array.ndim, mode=mode, align_corners=True)
     return out[0, 0].numpy()
+
+
+SMOOTH_CHUNK_VOXELS = 2**21
+"""Voxels one smoothing step filters (about 50 ms on one core): GUI steps stay short."""
+
+
+def smooth_steps(array: np.ndarray, sigma: list[float]) -> Steps[np.ndarray]:
+    """Gaussian smoothing with ``mode="nearest"``, one 1-D pass over one slab per step.
+
+    The result equals ``ndimage.gaussian_filter(array, sigma, mode="nearest")``: that
+    filter is the same 1-D passes axis after axis, and a 1-D pass along one axis is
+    independent across slabs cut along another.
+    """
+    out = array
+    for axis, width in enumerate(sigma):
+        if width <= 0:
+            continue
+        result = np.empty_like(out)
+        across = max((a for a in range(out.ndim) if a != axis), key=lambda a: out.shape[a])
+        step = max(1, SMOOTH_CHUNK_VOXELS * out.shape[across] // max(out.size, 1))
+        for start in range(0, out.shape[across], step):
+            slab = [slice(None)] * out.ndim
+            slab[across] = slice(start, start + step)
+            result[tuple(slab)] = ndimage.gaussian_filter1d(
+                out[tuple(slab)], width, axis=axis, mode="nearest"
+            )
+            yield Progress(start / out.shape[across], f"Smoothing axis {axis}")
+        out = result
+    return out
 
 
 def whiten(array: np.ndarray, std_floor: float = NORMALISATION["std_floor"]) -> np.ndarray:
@@ -113,8 +148,13 @@ def prepare_image(array: np.ndarray, config: dict[str, Any]) -> np.ndarray:
     ndarray
         ``float32`` of shape ``(input_size,) * ndim``.
     """
+    return run_steps(prepare_image_steps(array, config))
+
+
+def prepare_image_steps(array: np.ndarray, config: dict[str, Any]) -> Steps[np.ndarray]:
+    """:func:`prepare_image` as short steps (for a GUI's timer); the same result."""
     array = as_scalar_array(array, config["ndim"])
-    return whiten(resample(array, config["input_size"]))
+    return whiten((yield from resample_steps(array, config["input_size"])))
 
 
 def build_config(regressor: LandmarkRegressor, **extra: Any) -> dict[str, Any]:
@@ -269,7 +309,11 @@ def predict_landmarks(
         of ``image_array`` with ``(c + 1) / 2 * (size - 1)`` per axis
         (:func:`labelfree.landmarks.tps.normalised_to_index`).
     """
-    prepared = prepare_image(image_array, config)
+    return predict_prepared(regressor, prepare_image(image_array, config))
+
+
+def predict_prepared(regressor: LandmarkRegressor, prepared: np.ndarray) -> np.ndarray:
+    """:func:`predict_landmarks` on an image already through :func:`prepare_image`."""
     device = next(regressor.parameters()).device
     with torch.no_grad():
         out = regressor(torch.from_numpy(prepared)[None, None].to(device))
