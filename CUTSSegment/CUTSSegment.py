@@ -196,6 +196,7 @@ class CUTSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def exit(self) -> None:
         """Called each time the user opens a different module."""
+        self.ui.pickButton.checked = False  # clicks elsewhere must not make segments
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
@@ -206,7 +207,7 @@ class CUTSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event) -> None:
         """Called just before the scene is closed: a running segmentation has nowhere to go."""
         self._jobs.cancel("run")
-        self._setPicking(False)
+        self.ui.pickButton.checked = False  # its result is going away
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -448,24 +449,31 @@ class CUTSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._pickObservations = []
         if not enabled:
             return
+        # A click must not also place a markups point: leave place mode
+        # (vtkMRMLInteractionNode, Libs/MRML/Core/vtkMRMLInteractionNode.h).
+        interactionNode = slicer.app.applicationLogic().GetInteractionNode()
+        interactionNode.SwitchToViewTransformMode()
         layoutManager = slicer.app.layoutManager()
         for name in layoutManager.sliceViewNames():
-            interactor = (
-                layoutManager.sliceWidget(name).sliceView().interactorStyle().GetInteractor()
-            )
-            tag = interactor.AddObserver(
-                vtk.vtkCommand.LeftButtonPressEvent, self._onSliceClick, 1.0
-            )
+            sliceWidget = layoutManager.sliceWidget(name)
+            interactor = sliceWidget.sliceView().interactorStyle().GetInteractor()
+            sliceNode = sliceWidget.mrmlSliceNode()
+
+            def onClick(caller, event, sliceNode=sliceNode):
+                self._onSliceClick(sliceNode, caller.GetEventPosition())
+
+            tag = interactor.AddObserver(vtk.vtkCommand.LeftButtonPressEvent, onClick, 1.0)
             self._pickObservations.append((interactor, tag))
 
-    def _onSliceClick(self, caller, event) -> None:
-        crosshairNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLCrosshairNode")
-        pointRas = [0.0, 0.0, 0.0]
-        crosshairNode.GetCursorPositionRAS(pointRas)
+    def _onSliceClick(self, sliceNode, xy) -> None:
+        from LabelFreeLib.mrml import sliceXyToRas
+
         self.ui.pickButton.checked = False
+        if self._parameterNode is None or self.logic.result is None:
+            return
         with slicer.util.tryWithErrorDisplay(_("Failed to create the segment."), waitCursor=True):
             segmentationNode, _segmentId = self.logic.segmentFromPoint(
-                pointRas, connected=self._parameterNode.connectedPick
+                sliceXyToRas(sliceNode, xy), connected=self._parameterNode.connectedPick
             )
             self.ui.statusLabel.text = _("Added a segment to '{name}'.").format(
                 name=segmentationNode.GetName()

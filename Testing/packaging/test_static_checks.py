@@ -467,3 +467,46 @@ def test_cmake_and_readme_state_the_minimum_slicer_version():
     assert re.search(rf'Slicer_VERSION VERSION_LESS "{MINIMUM_SLICER}"', text)
     assert text.index("find_package(Slicer") < text.index("Slicer_VERSION VERSION_LESS")
     assert f"Slicer {MINIMUM_SLICER} or newer" in (ROOT / "README.md").read_text()
+
+
+def _method(tree: ast.Module, name: str) -> ast.FunctionDef:
+    return next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == name)
+
+
+def _sourceOf(node: ast.AST) -> str:
+    return ast.unparse(node)
+
+
+def test_picking_ends_when_the_module_is_left_or_the_scene_closes():
+    """A pick mode left on would turn clicks in other modules (or a new scene) into segments."""
+    tree = _moduleTree("CUTSSegment")
+    for name in ("exit", "onSceneStartClose"):
+        assert "pickButton.checked = False" in _sourceOf(_method(tree, name)), name
+
+
+def test_a_pick_reads_the_click_position_not_the_crosshair():
+    """The crosshair follows mouse moves; the event position is where the user clicked."""
+    tree = _moduleTree("CUTSSegment")
+    picking = _sourceOf(_method(tree, "_setPicking")) + _sourceOf(_method(tree, "_onSliceClick"))
+    assert "GetCursorPositionRAS" not in picking
+    assert "GetEventPosition" in picking and "sliceXyToRas" in picking
+    assert "SwitchToViewTransformMode" in picking  # no markups point placed by the same click
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_long_work_runs_through_the_shared_job_runner(module):
+    """Both widgets drive long work with LabelFreeLib.jobs, never a blocking logic call."""
+    tree = _moduleTree(module)
+    source = _sourceOf(tree)
+    assert "JobRunner" in source
+    blocking = {"segment", "detect", "batchDetect"}  # the logic's blocking entry points
+    widget = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name.endswith("Widget"))
+    calls = {
+        c.func.attr
+        for c in ast.walk(widget)
+        if isinstance(c, ast.Call)
+        and isinstance(c.func, ast.Attribute)
+        and isinstance(c.func.value, ast.Attribute)
+        and c.func.value.attr == "logic"
+    }
+    assert not calls & blocking, f"{module} widget calls {sorted(calls & blocking)} on the logic"
