@@ -27,6 +27,8 @@ _SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isdir(os.path.join(_SOURCE_ROOT, "LabelFreeLib")) and _SOURCE_ROOT not in sys.path:
     sys.path.append(_SOURCE_ROOT)
 
+import LabelFreeLib.pathWidgets  # noqa: E402, F401 (registers the str <-> ctkPathLineEdit connector)
+
 #
 # CUTSSegment
 #
@@ -116,7 +118,7 @@ class CUTSSegmentParameterNode:
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
-    modelPath: Path
+    modelPath: str = ""
     device: Device = Device.AUTO
     method: Method = Method.LEVELS
     k: Annotated[int, WithinRange(2, 64)] = 10
@@ -551,7 +553,7 @@ class CUTSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateBusyState()
         if training.succeeded:
             if self._parameterNode is not None:  # None while the scene is being closed
-                self._parameterNode.modelPath = training.modelPath
+                self._parameterNode.modelPath = str(training.modelPath)
             self.ui.statusLabel.text = _(
                 "Adapted model saved to {path}; press Apply to use it."
             ).format(path=training.modelPath)

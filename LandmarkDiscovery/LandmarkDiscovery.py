@@ -29,6 +29,8 @@ if os.path.isdir(os.path.join(_SOURCE_ROOT, "LabelFreeLib")) and _SOURCE_ROOT no
 
 from LandmarkDiscoveryLib import LandmarkDiscoveryLogic  # noqa: E402 (needs the path above)
 
+import LabelFreeLib.pathWidgets  # noqa: E402, F401 (registers the str <-> ctkPathLineEdit connector)
+
 #
 # LandmarkDiscovery
 #
@@ -96,13 +98,13 @@ class LandmarkDiscoveryParameterNode:
 
     inputVolume: vtkMRMLScalarVolumeNode
     useBundledModel: bool = True
-    modelPath: pathlib.Path
+    modelPath: str = ""
     landmarkCount: Annotated[int, WithinRange(0, 1000)] = 0
     minImportance: Annotated[float, WithinRange(0.0, 1.0)] = 0.0
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     outputLandmarks: vtkMRMLMarkupsFiducialNode
-    batchInputFolder: pathlib.Path
-    batchOutputFolder: pathlib.Path
+    batchInputFolder: str = ""
+    batchOutputFolder: str = ""
     batchFormat: Annotated[str, Choice([".mrk.json", ".fcsv", ".csv"])] = ".mrk.json"
     trainingData: TrainingData = TrainingData.SCENE
     trainLandmarks: Annotated[int, WithinRange(2, 500)] = 20
@@ -229,9 +231,7 @@ class LandmarkDiscoveryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def _checkCanApply(self, caller=None, event=None) -> None:
         node = self._parameterNode
-        hasModel = node is not None and (
-            node.useBundledModel or str(node.modelPath) not in ("", ".")
-        )
+        hasModel = node is not None and (node.useBundledModel or bool(node.modelPath))
         self.ui.modelPathLineEdit.enabled = node is not None and not node.useBundledModel
         if node and node.inputVolume and hasModel:
             self.ui.applyButton.toolTip = _("Find landmarks in the input volume")
@@ -240,11 +240,11 @@ class LandmarkDiscoveryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.ui.applyButton.toolTip = _("Select an input volume and a model")
             self.ui.applyButton.enabled = False
         self.ui.exportButton.enabled = bool(node and node.outputLandmarks)
-        batchReady = node is not None and hasModel and str(node.batchInputFolder) not in ("", ".")
-        batchReady = batchReady and str(node.batchOutputFolder) not in ("", ".")
+        batchReady = node is not None and hasModel and bool(node.batchInputFolder)
+        batchReady = batchReady and bool(node.batchOutputFolder)
         self.ui.batchButton.enabled = batchReady or self._jobs.busy("batch")
         if node is not None and node.trainingData == TrainingData.FOLDER:
-            trainReady = str(node.batchInputFolder) not in ("", ".")
+            trainReady = bool(node.batchInputFolder)
         else:
             trainReady = node is not None
         self.ui.trainButton.enabled = trainReady or self._jobs.busy("training")
@@ -409,7 +409,7 @@ class LandmarkDiscoveryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             try:
                 if p.trainingData == TrainingData.FOLDER:
                     inputs = self.logic.trainingInputs(workDir, folder=p.batchInputFolder)
-                    baseName = p.batchInputFolder.name
+                    baseName = pathlib.Path(p.batchInputFolder).name
                 else:
                     volumes = self.logic.trainableVolumes()
                     inputs = self.logic.trainingInputs(workDir, volumeNodes=volumes)
@@ -443,7 +443,7 @@ class LandmarkDiscoveryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         message = ""
         if training.succeeded:
             if self._parameterNode is not None:  # None while the scene is being closed
-                self._parameterNode.modelPath = training.modelPath
+                self._parameterNode.modelPath = str(training.modelPath)
                 self._parameterNode.useBundledModel = False
             message = _("Model saved to {path}; press Apply to use it.").format(
                 path=str(training.modelPath)
@@ -548,7 +548,7 @@ class LandmarkDiscoveryTest(ScriptedLoadableModuleTest):
         parameters = widget._parameterNode
         parameters.inputVolume = volumeNode
         parameters.useBundledModel = False
-        parameters.modelPath = modelPath
+        parameters.modelPath = str(modelPath)
         parameters.landmarkCount = 3
         parameters.outputLandmarks = None
         self.assertTrue(widget.ui.applyButton.enabled)

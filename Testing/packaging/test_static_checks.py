@@ -187,7 +187,7 @@ _CONNECTABLE = {
     "bool": {"QCheckBox", "QPushButton"},
     "int": {"QSlider", "QSpinBox", "QComboBox"},
     "float": {"QDoubleSpinBox", "ctkSliderWidget", "QComboBox"},
-    "str": {"QLineEdit", "QTextEdit", "QComboBox"},
+    "str": {"QLineEdit", "QTextEdit", "QComboBox", "ctkPathLineEdit"},  # last: pathWidgets.py
     "enum": {"QComboBox"},
     "path": {"ctkPathLineEdit", "ctkDirectoryButton"},
     "node": {"qMRMLNodeComboBox", "qMRMLSubjectHierarchyTreeView"},
@@ -363,8 +363,13 @@ def test_engine_never_imports_slicer_vtk_or_qt():
         assert bad == set(), f"labelfree/{relative} imports {bad}"
 
 
+# The shared package's one Qt file: the path-widget connector, imported only by entry files.
+QT_SIDE_SHARED = ("pathWidgets.py",)
+
+
 def _qtFreeFiles():
-    files = [ROOT / SHARED_PACKAGE / f for f in _sourceFiles(ROOT / SHARED_PACKAGE)]
+    shared = [f for f in _sourceFiles(ROOT / SHARED_PACKAGE) if f not in QT_SIDE_SHARED]
+    files = [ROOT / SHARED_PACKAGE / f for f in shared]
     for module in MODULES:
         lib = ROOT / module / f"{module}Lib"
         files += [lib / f for f in _sourceFiles(lib)] if lib.is_dir() else []
@@ -510,3 +515,21 @@ def test_long_work_runs_through_the_shared_job_runner(module):
         and c.func.value.attr == "logic"
     }
     assert not calls & blocking, f"{module} widget calls {sorted(calls & blocking)} on the logic"
+
+
+def test_the_qt_side_shared_file_is_imported_only_by_entry_files():
+    for path in _qtFreeFiles():
+        imported = _importedModules(path)
+        assert not any(name.endswith("pathWidgets") for name in imported), path
+
+
+@pytest.mark.parametrize("module", _modulesWithUi())
+def test_unset_paths_look_unset(module):
+    """Path parameters are str ("" = unset) on ctkPathLineEdit: Slicer's Path connector shows
+    "." for Path(), and a ctkDirectoryButton always shows some directory."""
+    tree = _moduleTree(module)
+    for name, annotation in _wrapperParameters(tree).items():
+        assert "Path" not in ast.unparse(annotation), f"{module}.{name} is a Path parameter"
+    ui = (ROOT / module / "Resources" / "UI" / f"{module}.ui").read_text()
+    assert "ctkDirectoryButton" not in ui
+    assert "import LabelFreeLib.pathWidgets" in ast.unparse(tree)
