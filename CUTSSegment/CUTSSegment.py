@@ -223,9 +223,11 @@ class CUTSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Ensure parameter node exists and observed."""
         self.setParameterNode(CUTSSegmentParameterNode(self.logic.getParameterNode()))
         if not self._parameterNode.inputVolume:
-            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if firstVolumeNode and not firstVolumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
-                self._parameterNode.inputVolume = firstVolumeNode
+            from LabelFreeLib.mrml import imageVolumes
+
+            volumes = imageVolumes(slicer.mrmlScene)  # grey or RGB, never a label map
+            if volumes:
+                self._parameterNode.inputVolume = volumes[0]
 
     def setParameterNode(self, inputParameterNode: CUTSSegmentParameterNode | None) -> None:
         """Set and observe parameter node; the GUI follows it through connectGui."""
@@ -590,7 +592,13 @@ class CUTSSegmentTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        """Run as few or as many tests as needed here."""
+        """Run as few or as many tests as needed here; skipped, saying why, without torch."""
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            # The engine needs torch, which the PyTorch extension installs on the first Apply.
+            self.delayDisplay("Skipped: torch is not installed (install the PyTorch extension).")
+            return
         self.setUp()
         self.test_CUTSSegment1()
 

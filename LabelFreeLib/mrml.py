@@ -45,6 +45,7 @@ __all__ = [
     "distinctColors",
     "ijkToRasFromImage",
     "imageFromVolumeNode",
+    "imageVolumes",
     "placeInSubjectHierarchyBeside",
     "rasToIjkIndex",
     "removeNodes",
@@ -296,6 +297,23 @@ def placeInSubjectHierarchyBeside(scene, node, referenceNode) -> None:
         shNode.SetItemParent(item, parentItem)
     else:
         shNode.CreateItem(parentItem, node)
+
+
+def imageVolumes(scene, scalarOnly: bool = False) -> list:
+    """The scene's image volumes with voxels, in scene order: never label maps.
+
+    ``vtkMRMLLabelMapVolumeNode`` and ``vtkMRMLVectorVolumeNode`` (RGB) both derive from
+    ``vtkMRMLScalarVolumeNode``; ``scalarOnly`` also leaves out the vector volumes.
+    """
+    nodes = scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
+    volumes = [nodes.GetItemAsObject(i) for i in range(nodes.GetNumberOfItems())]
+    return [
+        v
+        for v in volumes
+        if not v.IsA("vtkMRMLLabelMapVolumeNode")
+        and not (scalarOnly and v.IsA("vtkMRMLVectorVolumeNode"))
+        and v.GetImageData() is not None
+    ]
 
 
 def sliceXyToRas(sliceNode, xy) -> list[float]:

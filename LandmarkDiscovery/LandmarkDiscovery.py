@@ -207,9 +207,11 @@ class LandmarkDiscoveryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
         # Select default input nodes if nothing is selected yet to save a few clicks for the user
         if not self._parameterNode.inputVolume:
-            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if firstVolumeNode:
-                self._parameterNode.inputVolume = firstVolumeNode
+            from LabelFreeLib.mrml import imageVolumes
+
+            volumes = imageVolumes(slicer.mrmlScene, scalarOnly=True)  # never a label map
+            if volumes:
+                self._parameterNode.inputVolume = volumes[0]
 
     def setParameterNode(self, inputParameterNode: LandmarkDiscoveryParameterNode | None) -> None:
         """
@@ -482,7 +484,13 @@ class LandmarkDiscoveryTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        """Run as few or as many tests as needed here."""
+        """Run as few or as many tests as needed here; skipped, saying why, without torch."""
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            # The engine needs torch, which the PyTorch extension installs on the first Apply.
+            self.delayDisplay("Skipped: torch is not installed (install the PyTorch extension).")
+            return
         self.setUp()
         self.test_LandmarkDiscovery1()
 

@@ -13,6 +13,7 @@ import vtk
 from labelfree.errors import InputError, ModelFileError
 from labelfree.io import Image, lps_to_ras
 from LabelFreeLib.mrml import (
+    imageVolumes,
     placeInSubjectHierarchyBeside,
     removeNodes,
     sceneOrDefault,
@@ -374,7 +375,7 @@ class LandmarkDiscoveryLogic:
             files = []
             for number, volumeNode in enumerate(volumeNodes):
                 self._checkVolumeNode(volumeNode)
-                image = _asEngineImage(volumeNodeToImage(volumeNode))
+                _, image = self._images(volumeNode)  # what detection refuses, training refuses
                 name = "".join(
                     c if c.isalnum() or c in "-_." else "_" for c in volumeNode.GetName()
                 )
@@ -387,10 +388,8 @@ class LandmarkDiscoveryLogic:
         return files
 
     def trainableVolumes(self):
-        """Scalar volumes of the scene that training can use (label maps excluded)."""
-        nodes = self.scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
-        volumes = [nodes.GetItemAsObject(i) for i in range(nodes.GetNumberOfItems())]
-        return [v for v in volumes if not v.IsA("vtkMRMLLabelMapVolumeNode") and v.GetImageData()]
+        """Scalar volumes of the scene that training can use (no label maps, no RGB volumes)."""
+        return imageVolumes(self.scene, scalarOnly=True)
 
     # ------------------------------------------------------------------ helpers
 

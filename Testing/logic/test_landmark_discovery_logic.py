@@ -580,3 +580,20 @@ def test_detect_steps_are_short_and_closing_them_leaves_the_scene(
     assert sceneSnapshot(scene) == before
     node = logic.detect(obliqueVolumeNode, modelPath=models[3], keep=3)
     assert node.GetNumberOfControlPoints() == 3
+
+
+def test_training_and_the_default_input_leave_out_label_maps_and_rgb(
+    scene, makeVolumeNode, phantomArray, tmp_path
+):
+    from LabelFreeLib.mrml import imageVolumes
+
+    label = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+    label.SetAndObserveImageData(vtk.vtkImageData())
+    rgb = makeVolumeNode(np.stack([phantomArray()] * 3, axis=-1).astype(np.uint8), vector=True)
+    grey = [makeVolumeNode(phantomArray(seed=seed), name=f"grey{seed}") for seed in (1, 2)]
+    assert imageVolumes(scene) == [rgb, *grey]  # scene order, the label map never
+    assert imageVolumes(scene, scalarOnly=True) == grey
+    logic = LandmarkDiscoveryLogic(scene)
+    assert logic.trainableVolumes() == grey
+    with pytest.raises(InputError, match="colour"):
+        logic.trainingInputs(tmp_path, volumeNodes=[grey[0], rgb])

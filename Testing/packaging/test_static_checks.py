@@ -533,3 +533,40 @@ def test_unset_paths_look_unset(module):
     ui = (ROOT / module / "Resources" / "UI" / f"{module}.ui").read_text()
     assert "ctkDirectoryButton" not in ui
     assert "import LabelFreeLib.pathWidgets" in ast.unparse(tree)
+
+
+def _nodeComboBoxes(uiPath: Path) -> dict[str, dict[str, list[str]]]:
+    """``{SlicerParameterName: {"nodeTypes": [...], "hideChildNodeTypes": [...]}}``."""
+    import xml.etree.ElementTree as ET
+
+    boxes = {}
+    for widget in ET.parse(uiPath).iter("widget"):
+        if widget.get("class") != "qMRMLNodeComboBox":
+            continue
+        props = {p.get("name"): p for p in widget.findall("property")}
+        if "SlicerParameterName" not in props:
+            continue
+        lists = {
+            key: [s.text for s in props[key].iter("string")] if key in props else []
+            for key in ("nodeTypes", "hideChildNodeTypes")
+        }
+        boxes[props["SlicerParameterName"].find("string").text] = lists
+    return boxes
+
+
+@pytest.mark.parametrize("module", _modulesWithUi())
+def test_node_selectors_offer_what_the_parameter_holds(module):
+    """A selector offers the wrapper's node type, and an image input never a label map."""
+    parameters = _wrapperParameters(_moduleTree(module))
+    ui = ROOT / module / "Resources" / "UI" / f"{module}.ui"
+    for name, box in _nodeComboBoxes(ui).items():
+        nodeType = ast.unparse(parameters[name])
+        assert nodeType in box["nodeTypes"], f"{name}: {nodeType} not in {box['nodeTypes']}"
+        if nodeType == "vtkMRMLScalarVolumeNode":
+            assert "vtkMRMLLabelMapVolumeNode" in box["hideChildNodeTypes"], name
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_self_tests_skip_cleanly_without_torch(module):
+    runTest = _sourceOf(_method(_moduleTree(module), "runTest"))
+    assert 'find_spec("torch") is None' in runTest.replace("'", '"') and "return" in runTest
