@@ -57,6 +57,21 @@ CUTS was described by Liu et al., "CUTS: A Deep Learning and Topological Framewo
 Multigranular Unsupervised Medical Image Segmentation" (MICCAI 2024). This module was built on
 the template of 3D Slicer's scripted modules.
 """)
+        # The bundled sample in the Sample Data module, once the application has started.
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData():
+    """Add the bundled MNI152 T1 sample to the Sample Data module (category LabelFree)."""
+    import SampleData
+
+    from LabelFreeLib.sampleData import CATEGORY, sampleDataSources
+
+    logic = SampleData.SampleDataLogic
+    if hasattr(logic, "registerCustomSampleDataCategory"):  # Slicer > 5.10 (SampleData.py)
+        logic.registerCustomSampleDataCategory(CATEGORY, title=_("LabelFree"))
+    for source in sampleDataSources():
+        logic.registerCustomSampleDataSource(**source)
 
 
 #
@@ -184,6 +199,13 @@ class CUTSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.initializeParameterNode()
         self._updateResultWidgets()
+
+    def onReload(self) -> None:
+        """Reload CUTSSegmentLib and LabelFreeLib too, then the module (Developer > Reload)."""
+        from LabelFreeLib import reloadPackages
+
+        reloadPackages("CUTSSegmentLib", "LabelFreeLib")
+        ScriptedLoadableModuleWidget.onReload(self)
 
     def cleanup(self) -> None:
         """Called when the application closes and the module widget is destroyed."""

@@ -9,6 +9,8 @@ folder as a module of its own (``Base/QTGUI/qSlicerScriptedLoadableModuleFactory
 Importing it loads neither torch nor Qt.
 """
 
+import importlib
+import sys
 from pathlib import Path
 
 
@@ -22,3 +24,17 @@ def resourcePath(*parts: str) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing; reinstall the LabelFree extension.")
     return path
+
+
+def reloadPackages(*packageNames: str) -> list[str]:
+    """Reload every loaded module of these packages, submodules first, then the packages.
+
+    Slicer's Reload (``ScriptedLoadableModuleWidget.onReload``) reloads the module's
+    own file only; the widgets call this first so that edits to their ``*Lib``
+    package and to this one take effect too. Returns the reloaded module names.
+    """
+    names = [n for n in sys.modules if n.split(".")[0] in packageNames]
+    names.sort(key=lambda n: (-n.count("."), n))  # deepest first, a package after its modules
+    for name in names:
+        importlib.reload(sys.modules[name])
+    return names

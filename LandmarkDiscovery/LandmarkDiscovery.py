@@ -166,6 +166,13 @@ class LandmarkDiscoveryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         # Make sure parameter node is initialized (needed for module reload)
         self.initializeParameterNode()
 
+    def onReload(self) -> None:
+        """Reload LandmarkDiscoveryLib and LabelFreeLib too, then the module (Developer > Reload)."""
+        from LabelFreeLib import reloadPackages
+
+        reloadPackages("LandmarkDiscoveryLib", "LabelFreeLib")
+        ScriptedLoadableModuleWidget.onReload(self)
+
     def cleanup(self) -> None:
         """Called when the application closes and the module widget is destroyed."""
         if self._jobs is not None:

@@ -165,3 +165,47 @@ def test_logics_without_a_scene_say_how_to_pass_one():
     for logicClass in (CUTSSegmentLogic, LandmarkDiscoveryLogic):
         with pytest.raises(InputError, match=f"pass one, e.g. {logicClass.__name__}"):
             logicClass()
+
+
+def test_the_sample_data_source_points_at_the_bundled_sample():
+    """What registerSampleData hands to Slicer's Sample Data module: a file URI it can copy,
+    the right checksum, and a thumbnail that exists."""
+    import hashlib
+    import urllib.request
+
+    from labelfree.demo import SAMPLE
+    from LabelFreeLib.sampleData import sampleDataSources
+
+    (source,) = sampleDataSources()
+    local, _headers = urllib.request.urlretrieve(source["uris"])  # what SampleData does
+    digest = hashlib.sha256(open(local, "rb").read()).hexdigest()
+    assert source["checksums"] == f"SHA256:{digest}"
+    assert digest == hashlib.sha256(SAMPLE.read_bytes()).hexdigest()
+    assert Path(source["thumbnailFileName"]).is_file()
+    # Only arguments that registerCustomSampleDataSource takes (Slicer 5.10's signature).
+    accepted = {"category", "sampleName", "uris", "fileNames", "nodeNames", "customDownloader"}
+    accepted |= {"thumbnailFileName", "loadFileTypes", "loadFiles", "loadFileProperties"}
+    accepted |= {"checksums", "loadFileType"}
+    assert set(source) <= accepted
+
+
+def test_reload_picks_up_edits_to_a_package(tmp_path, monkeypatch):
+    """What the widgets' onReload does for their Lib packages, on a package of our own."""
+    import importlib
+    import sys
+
+    from LabelFreeLib import reloadPackages
+
+    package = tmp_path / "EditedLib"
+    package.mkdir()
+    (package / "__init__.py").write_text("from .logic import VALUE\n")
+    (package / "logic.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("EditedLib")
+    assert module.VALUE == 1
+    (package / "logic.py").write_text("VALUE = 2  # edited\n")
+    importlib.invalidate_caches()
+    assert reloadPackages("EditedLib") == ["EditedLib.logic", "EditedLib"]
+    assert sys.modules["EditedLib"].VALUE == 2
+    for name in ("EditedLib.logic", "EditedLib"):
+        sys.modules.pop(name)
