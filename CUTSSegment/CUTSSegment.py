@@ -57,8 +57,22 @@ CUTS was described by Liu et al., "CUTS: A Deep Learning and Topological Framewo
 Multigranular Unsupervised Medical Image Segmentation" (MICCAI 2024). This module was built on
 the template of 3D Slicer's scripted modules.
 """)
-        # The bundled sample in the Sample Data module, once the application has started.
+        # Once the application has started: the bundled sample in Sample Data, and the
+        # "CUTS pick" effect in the Segment Editor.
         slicer.app.connect("startupCompleted()", registerSampleData)
+        slicer.app.connect("startupCompleted()", registerSegmentEditorEffect)
+
+
+def registerSegmentEditorEffect():
+    """Add the "CUTS pick" effect to the Segment Editor (as extensions register effects)."""
+    import qSlicerSegmentationsEditorEffectsPythonQt as effects
+
+    path = os.path.join(
+        os.path.dirname(__file__), "SegmentEditorEffect", "SegmentEditorCUTSPickEffect.py"
+    )
+    effect = effects.qSlicerSegmentEditorScriptedEffect(None)
+    effect.setPythonSource(path.replace("\\", "/"))
+    effect.self().register()
 
 
 def registerSampleData():

@@ -366,12 +366,25 @@ class CUTSSegmentLogic:
         (segmentationNode, segmentId)
         """
         result = self._requireResult()
+        mask, label = self._structureMask(pointRas, connected)
+        return self._addSegment(result, mask, label, segmentationNode, name)
+
+    def structureAt(self, pointRas, *, connected: bool = True):
+        """The structure under a world RAS point at the current level, as a binary image.
+
+        What the Segment Editor's "CUTS pick" effect adds to (or removes from) the selected
+        segment: a ``vtkOrientedImageData`` (unsigned char, 1 inside) on the label map's grid.
+        """
+        mask, _label = self._structureMask(pointRas, connected)
+        return segments.orientedImageFromMask(mask, self.result.image)
+
+    def _structureMask(self, pointRas, connected: bool):
         from labelfree.cuts.hint import binarise_by_point
 
+        result = self._requireResult()
         index = rasToIjkIndex(result.image, pointRas)
         mask = binarise_by_point(result.currentLabels, index, connected=connected)
-        label = int(result.currentLabels[index])
-        return self._addSegment(result, mask, label, segmentationNode, name)
+        return mask, int(result.currentLabels[index])
 
     def segmentFromLabel(self, label: int, *, segmentationNode=None, name: str | None = None):
         """Make one segment from every voxel of cluster ``label`` at the current level."""

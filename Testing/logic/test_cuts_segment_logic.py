@@ -19,7 +19,7 @@ from labelfree.cuts.hint import binarise_by_point  # noqa: E402
 from labelfree.cuts.model import CutsModel, model_config, save_cuts_model  # noqa: E402
 from labelfree.errors import InputError, LabelFreeError, ModelFileError  # noqa: E402
 from labelfree.modelfile import ModelFile, save_model  # noqa: E402
-from LabelFreeLib.mrml import arrayFromVolumeNode  # noqa: E402
+from LabelFreeLib.mrml import arrayFromVolumeNode, removeNodes  # noqa: E402
 
 RUN = {"maxLevels": 6, "seed": 0, "device": "cpu", "poolSize": 2048}
 
@@ -362,3 +362,38 @@ def test_segmentation_in_a_child_process_equals_the_in_process_run(
     process.wait(timeout=60)
     assert process.cancelled and not process.succeeded
     assert sorted(p.name for p in cancelled.iterdir()) == ["input.nrrd"]
+
+
+def test_the_structure_under_a_click_is_what_the_segment_editor_effect_adds(segmented, ijkToRas):
+    """The "CUTS pick" effect hands logic.structureAt's image to the editor; on the label map's
+    grid, it holds the clicked cluster's connected part, and merging it adds to a segment."""
+    from CUTSSegmentLib.segments import newSegmentationNode
+
+    result = segmented.result
+    labelmapNode = result.labelmapNode
+    pointRas = list((ijkToRas(labelmapNode) @ [20, 16, 3, 1])[:3])  # voxel i=20, j=16, k=3
+    structure = segmented.structureAt(pointRas)
+    matrix = vtk.vtkMatrix4x4()
+    structure.GetImageToWorldMatrix(matrix)
+    np.testing.assert_allclose(
+        [[matrix.GetElement(r, c) for c in range(4)] for r in range(4)],
+        ijkToRas(labelmapNode),
+        atol=1e-9,
+    )
+    from vtk.util import numpy_support
+
+    voxels = numpy_support.vtk_to_numpy(structure.GetPointData().GetScalars())
+    expected = binarise_by_point(result.currentLabels, (3, 16, 20), connected=True)
+    assert voxels.sum() == expected.sum() > 0
+
+    scene = segmented.scene
+    segmentationNode = newSegmentationNode(scene, "edited", labelmapNode)
+    segmentId = segmentationNode.GetSegmentation().AddEmptySegment("", "picked", [1, 0, 0])
+    logic = slicer.vtkSlicerSegmentationsModuleLogic
+    assert logic.SetBinaryLabelmapToSegment(
+        structure, segmentationNode, segmentId, logic.MODE_MERGE_MAX, structure.GetExtent()
+    )
+    np.testing.assert_array_equal(segmentMask(segmentationNode, segmentId, labelmapNode), expected)
+    with pytest.raises(InputError, match="outside"):
+        segmented.structureAt([1e4, 1e4, 1e4])
+    removeNodes(scene, segmentationNode)

@@ -570,3 +570,28 @@ def test_node_selectors_offer_what_the_parameter_holds(module):
 def test_self_tests_skip_cleanly_without_torch(module):
     runTest = _sourceOf(_method(_moduleTree(module), "runTest"))
     assert 'find_spec("torch") is None' in runTest.replace("'", '"') and "return" in runTest
+
+
+EFFECT = ROOT / "CUTSSegment" / "SegmentEditorEffect" / "SegmentEditorCUTSPickEffect.py"
+
+
+def test_the_cuts_pick_effect_is_a_segment_editor_effect_slicer_can_load():
+    """qSlicerSegmentEditorScriptedEffect::setPythonSource instantiates the class named after the
+    file; the click uses the editor's undo and modification modes and is not passed on."""
+    tree = ast.parse(EFFECT.read_text(), feature_version=(3, 10))
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    assert EFFECT.stem in classes
+    effect = classes[EFFECT.stem]
+    assert [ast.unparse(b) for b in effect.bases] == ["AbstractScriptedSegmentEditorEffect"]
+    methods = {n.name for n in effect.body if isinstance(n, ast.FunctionDef)}
+    assert {"clone", "icon", "helpText", "processInteractionEvents"} <= methods
+    events = _sourceOf(_method(tree, "processInteractionEvents"))
+    assert events.index("saveStateForUndo") < events.index("modifySelectedSegmentByLabelmap")
+    assert "ModificationModeAdd" in events and "ModificationModeRemove" in events
+    assert "xyToRas" in events and "GetEventPosition" in events
+    assert "return True" in events  # a handled click reaches no other effect or place mode
+    module = _sourceOf(_moduleTree("CUTSSegment"))
+    assert EFFECT.name in module and "registerSegmentEditorEffect" in module
+    assert f"SegmentEditorEffect/{EFFECT.name}" in _cmakeText(
+        ROOT / "CUTSSegment" / "CMakeLists.txt"
+    )
