@@ -175,7 +175,7 @@ class CUTSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._jobs = None  # LabelFreeLib.jobs.JobRunner: "run" (segmentation), "training"
-        self._pickObservations = []
+        self._lastPickNode = None  # picks of one session go into one segmentation
 
     def setup(self) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
@@ -205,7 +205,7 @@ class CUTSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.granularitySlider.connect("valueChanged(int)", self.onGranularityChanged)
         self.ui.createSegmentationButton.connect("clicked(bool)", self.onCreateSegmentation)
-        self.ui.pickButton.connect("toggled(bool)", self.onPickToggled)
+        self.ui.pickButton.connect("clicked(bool)", self.onPickButton)
         self.ui.segmentFromLabelButton.connect("clicked(bool)", self.onSegmentFromLabel)
         self.ui.exportLabelmapButton.connect("clicked(bool)", self.onExportLabelmap)
         self.ui.exportSegmentationButton.connect("clicked(bool)", self.onExportSegmentation)
@@ -225,7 +225,6 @@ class CUTSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Called when the application closes and the module widget is destroyed."""
         if self._jobs is not None:
             self._jobs.cancelAll()
-        self._setPicking(False)
         self.removeObservers()
 
     def enter(self) -> None:
@@ -234,7 +233,6 @@ class CUTSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def exit(self) -> None:
         """Called each time the user opens a different module."""
-        self.ui.pickButton.checked = False  # clicks elsewhere must not make segments
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
@@ -245,7 +243,6 @@ class CUTSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event) -> None:
         """Called just before the scene is closed: a running segmentation has nowhere to go."""
         self._jobs.cancel("run")
-        self.ui.pickButton.checked = False  # its result is going away
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -478,46 +475,23 @@ class CUTSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 name=segmentationNode.GetName()
             )
 
-    def onPickToggled(self, checked: bool) -> None:
-        self._setPicking(checked)
-        if checked:
-            self.ui.statusLabel.text = _("Click a structure in a slice view.")
+    def onPickButton(self) -> None:
+        """Pick in the Segment Editor: a new segment, with the "CUTS pick" effect active.
 
-    def _setPicking(self, enabled: bool) -> None:
-        for interactor, tag in self._pickObservations:
-            interactor.RemoveObserver(tag)
-        self._pickObservations = []
-        if not enabled:
-            return
-        # A click must not also place a markups point: leave place mode
-        # (vtkMRMLInteractionNode, Libs/MRML/Core/vtkMRMLInteractionNode.h).
-        interactionNode = slicer.app.applicationLogic().GetInteractionNode()
-        interactionNode.SwitchToViewTransformMode()
-        layoutManager = slicer.app.layoutManager()
-        for name in layoutManager.sliceViewNames():
-            sliceWidget = layoutManager.sliceWidget(name)
-            interactor = sliceWidget.sliceView().interactorStyle().GetInteractor()
-            sliceNode = sliceWidget.mrmlSliceNode()
-
-            def onClick(caller, event, sliceNode=sliceNode):
-                self._onSliceClick(sliceNode, caller.GetEventPosition())
-
-            tag = interactor.AddObserver(vtk.vtkCommand.LeftButtonPressEvent, onClick, 1.0)
-            self._pickObservations.append((interactor, tag))
-
-    def _onSliceClick(self, sliceNode, xy) -> None:
-        from LabelFreeLib.mrml import sliceXyToRas
-
-        self.ui.pickButton.checked = False
-        if self._parameterNode is None or self.logic.result is None:
-            return
-        with slicer.util.tryWithErrorDisplay(_("Failed to create the segment."), waitCursor=True):
-            segmentationNode, _segmentId = self.logic.segmentFromPoint(
-                sliceXyToRas(sliceNode, xy), connected=self._parameterNode.connectedPick
-            )
-            self.ui.statusLabel.text = _("Added a segment to '{name}'.").format(
-                name=segmentationNode.GetName()
-            )
+        The editor's effect gets the clicks (no other effect or place mode does), undo and the
+        editor's masking; the granularity slider here sets how fine a click picks.
+        """
+        with slicer.util.tryWithErrorDisplay(_("Failed to start picking.")):
+            segmentationNode, segmentId = self.logic.pickSegmentation(self._lastPickNode)
+            self._lastPickNode = segmentationNode
+            inputVolume = self.logic.result.inputVolumeNode
+            slicer.util.selectModule("SegmentEditor")
+            # qMRMLSegmentEditorWidget (Modules/Loadable/Segmentations/Widgets), Slicer 5.10
+            editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+            editor.setSegmentationNode(segmentationNode)
+            editor.setSourceVolumeNode(inputVolume)
+            editor.setCurrentSegmentID(segmentId)
+            editor.setActiveEffectByName("CUTS pick")
 
     def onExportLabelmap(self) -> None:
         path = qt.QFileDialog.getSaveFileName(

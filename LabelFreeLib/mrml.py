@@ -49,7 +49,6 @@ __all__ = [
     "placeInSubjectHierarchyBeside",
     "rasToIjkIndex",
     "removeNodes",
-    "sliceXyToRas",
     "updateVolumeFromArray",
     "volumeNodeToImage",
     "worldIJKToRASMatrix",
@@ -314,18 +313,6 @@ def imageVolumes(scene, scalarOnly: bool = False) -> list:
         and not (scalarOnly and v.IsA("vtkMRMLVectorVolumeNode"))
         and v.GetImageData() is not None
     ]
-
-
-def sliceXyToRas(sliceNode, xy) -> list[float]:
-    """The RAS point (mm) under a slice view's pixel ``xy`` (the event position of a click).
-
-    As Slicer's editor effects compute it (``vtkSlicerSegmentEditorLogic::XyzToRas``):
-    the slice node's XY-to-RAS matrix times ``(x, y, 0, 1)``. The crosshair's cursor
-    position is not used: it follows mouse moves, so a click without a move would pick
-    the last point the mouse moved over.
-    """
-    ras = sliceNode.GetXYToRAS().MultiplyPoint([float(xy[0]), float(xy[1]), 0.0, 1.0])
-    return [float(v) for v in ras[:3]]
 
 
 def removeNodes(scene, *nodes) -> None:

@@ -378,6 +378,28 @@ class CUTSSegmentLogic:
         mask, _label = self._structureMask(pointRas, connected)
         return segments.orientedImageFromMask(mask, self.result.image)
 
+    def pickSegmentation(self, segmentationNode=None):
+        """Where Segment Editor picks go: a segmentation beside the input, with a segment selected.
+
+        Returns ``(segmentationNode, segmentId)``: the given node (or a new one named
+        ``<volume> CUTS picks`` on the label map's grid), and a new empty segment in it for
+        the "CUTS pick" effect to add structures to.
+        """
+        result = self._requireResult()
+        created = segmentationNode is None or segmentationNode.GetScene() is not self.scene
+        if created:
+            segmentationNode = segments.newSegmentationNode(
+                self.scene,
+                f"{result.inputVolumeNode.GetName()} CUTS picks",
+                result.labelmapNode,
+                result.inputVolumeNode,
+            )
+        segmentation = segmentationNode.GetSegmentation()
+        number = segmentation.GetNumberOfSegments() + 1
+        segmentId = segmentation.AddEmptySegment("", f"CUTS pick {number}")
+        segments.setTags(segmentation.GetSegment(segmentId), self._tags(result))
+        return segmentationNode, segmentId
+
     def _structureMask(self, pointRas, connected: bool):
         from labelfree.cuts.hint import binarise_by_point
 

@@ -73,7 +73,7 @@ class SegmentEditorCUTSPickEffect(AbstractScriptedSegmentEditorEffect):
         remove = bool(callerInteractor.GetControlKey() or callerInteractor.GetShiftKey())
         ras = self.xyToRas(callerInteractor.GetEventPosition(), viewWidget)
         try:
-            structure = logic.structureAt(ras)
+            structure = logic.structureAt(ras, connected=_connectedPick())
         except ValueError as error:  # LabelFreeError: outside the volume, empty structure
             self.statusLabel.text = str(error)
             return True
@@ -88,8 +88,19 @@ class SegmentEditorCUTSPickEffect(AbstractScriptedSegmentEditorEffect):
         return True  # handled: the click goes to no other effect or place mode
 
 
-def _cutsLogic():
-    """The CUTSSegment module's logic (None before the module's widget was created)."""
+def _cutsWidget():
+    """The CUTSSegment module's widget (None before it was created)."""
     module = getattr(slicer.modules, "cutssegment", None)
     widget = module.widgetRepresentation() if module is not None else None
-    return getattr(widget.self(), "logic", None) if widget is not None else None
+    return widget.self() if widget is not None else None
+
+
+def _cutsLogic():
+    """The CUTSSegment module's logic, which holds the result and the level shown."""
+    return getattr(_cutsWidget(), "logic", None)
+
+
+def _connectedPick() -> bool:
+    """The module's "connected part only" setting (on by default)."""
+    parameterNode = getattr(_cutsWidget(), "_parameterNode", None)
+    return True if parameterNode is None else bool(parameterNode.connectedPick)

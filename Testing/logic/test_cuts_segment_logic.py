@@ -397,3 +397,16 @@ def test_the_structure_under_a_click_is_what_the_segment_editor_effect_adds(segm
     with pytest.raises(InputError, match="outside"):
         segmented.structureAt([1e4, 1e4, 1e4])
     removeNodes(scene, segmentationNode)
+
+
+def test_picks_go_to_a_new_segment_of_one_segmentation(segmented):
+    first, firstId = segmented.pickSegmentation()
+    again, secondId = segmented.pickSegmentation(first)
+    assert again is first and firstId != secondId
+    segmentation = first.GetSegmentation()
+    assert segmentation.GetNumberOfSegments() == 2
+    assert _tag(segmentation.GetSegment(secondId), "LabelFree.Level") == "2"
+    shNode = segmented.scene.GetSubjectHierarchyNode()
+    volumeItem = shNode.GetItemByDataNode(segmented.result.inputVolumeNode)
+    assert shNode.GetItemParent(shNode.GetItemByDataNode(first)) == shNode.GetItemParent(volumeItem)
+    removeNodes(segmented.scene, first)

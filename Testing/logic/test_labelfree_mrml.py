@@ -96,23 +96,6 @@ def test_subject_hierarchy_placement(scene, obliqueVolumeNode):
     assert shNode.GetItemParent(shNode.GetItemByDataNode(other)) == folder
 
 
-def test_a_click_position_maps_to_the_ras_point_under_it(scene):
-    """The pick uses the event's pixel through the slice node's XY-to-RAS, not the cursor."""
-    from LabelFreeLib.mrml import sliceXyToRas
-
-    sliceNode = scene.AddNewNodeByClass("vtkMRMLSliceNode")
-    sliceNode.SetDimensions(200, 100, 1)
-    sliceNode.SetFieldOfView(100.0, 50.0, 1.0)  # 0.5 mm per pixel
-    sliceToRas = sliceNode.GetSliceToRAS()
-    sliceToRas.SetElement(0, 3, 12.0)
-    sliceToRas.SetElement(2, 3, -7.0)  # the slice passes through (12, 0, -7)
-    sliceNode.UpdateMatrices()
-    assert sliceXyToRas(sliceNode, (100, 50)) == pytest.approx([12.0, 0.0, -7.0])
-    xAxis = np.array([sliceToRas.GetElement(r, 0) for r in range(3)])
-    moved = np.array(sliceXyToRas(sliceNode, (120, 50))) - [12.0, 0.0, -7.0]
-    np.testing.assert_allclose(moved, 20 * 0.5 * xAxis, atol=1e-9)  # 20 pixels along x
-
-
 def test_distinct_colors_are_distinct():
     colors = mrml.distinctColors(40)
     distances = np.linalg.norm(colors[:, None] - colors[None], axis=-1)

@@ -482,20 +482,15 @@ def _sourceOf(node: ast.AST) -> str:
     return ast.unparse(node)
 
 
-def test_picking_ends_when_the_module_is_left_or_the_scene_closes():
-    """A pick mode left on would turn clicks in other modules (or a new scene) into segments."""
+def test_picking_happens_in_the_segment_editor_effect():
+    """The module's own click handler had no way to keep the click from an active effect or
+    place mode; the Segment Editor effect has (its processInteractionEvents returns True)."""
     tree = _moduleTree("CUTSSegment")
-    for name in ("exit", "onSceneStartClose"):
-        assert "pickButton.checked = False" in _sourceOf(_method(tree, name)), name
-
-
-def test_a_pick_reads_the_click_position_not_the_crosshair():
-    """The crosshair follows mouse moves; the event position is where the user clicked."""
-    tree = _moduleTree("CUTSSegment")
-    picking = _sourceOf(_method(tree, "_setPicking")) + _sourceOf(_method(tree, "_onSliceClick"))
-    assert "GetCursorPositionRAS" not in picking
-    assert "GetEventPosition" in picking and "sliceXyToRas" in picking
-    assert "SwitchToViewTransformMode" in picking  # no markups point placed by the same click
+    module = _sourceOf(tree)
+    assert "AddObserver(vtk.vtkCommand.LeftButtonPressEvent" not in module
+    assert "GetCursorPositionRAS" not in module
+    pick = _sourceOf(_method(tree, "onPickButton"))
+    assert "setActiveEffectByName('CUTS pick')" in pick and "pickSegmentation" in pick
 
 
 @pytest.mark.parametrize("module", MODULES)
