@@ -46,6 +46,7 @@ __all__ = [
     "ijkToRasFromImage",
     "imageFromVolumeNode",
     "imageVolumes",
+    "moduleParameterNode",
     "placeInSubjectHierarchyBeside",
     "rasToIjkIndex",
     "removeNodes",
@@ -62,6 +63,26 @@ def sceneOrDefault(scene, logicName: str):
     if scene is None:
         raise InputError(f"No MRML scene: pass one, e.g. {logicName}(slicer.vtkMRMLScene()).")
     return scene
+
+
+def moduleParameterNode(scene, moduleName: str):
+    """A module's singleton ``vtkMRMLScriptedModuleNode``, as Slicer's template makes it.
+
+    Same node, tag, name and ``ModuleName`` attribute as
+    ``ScriptedLoadableModuleLogic.getParameterNode`` (``Base/Python/slicer/
+    ScriptedLoadableModule.py``), including restoring the attribute that a scene
+    close removes; the widget wraps the node in its ``parameterNodeWrapper`` class.
+    """
+    node = scene.GetSingletonNode(moduleName, "vtkMRMLScriptedModuleNode")
+    if node is not None:
+        if node.GetAttribute("ModuleName") != moduleName:
+            node.SetAttribute("ModuleName", moduleName)
+        return node
+    node = slicer.vtkMRMLScriptedModuleNode()
+    node.SetSingletonTag(moduleName)
+    node.SetAttribute("ModuleName", moduleName)
+    node.SetName(scene.GenerateUniqueName(moduleName))
+    return scene.AddNode(node)
 
 
 def arrayFromVolumeNode(volumeNode) -> np.ndarray:

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import slicer
 import vtk
 from vtk.util import numpy_support
 
@@ -42,6 +41,7 @@ from LabelFreeLib.mrml import (
     createColorTableNode,
     createLabelmapNode,
     distinctColors,
+    moduleParameterNode,
     placeInSubjectHierarchyBeside,
     rasToIjkIndex,
     removeNodes,
@@ -134,15 +134,7 @@ class CUTSSegmentLogic:
 
         The widget wraps it with its typed ``parameterNodeWrapper`` class.
         """
-        node = self.scene.GetSingletonNode(MODULE_NAME, "vtkMRMLScriptedModuleNode")
-        if node is None:
-            node = slicer.vtkMRMLScriptedModuleNode()
-            node.SetName(self.scene.GenerateUniqueName(MODULE_NAME))
-            node.SetSingletonTag(MODULE_NAME)
-            node.SetModuleName(MODULE_NAME)
-            node.SetHideFromEditors(True)
-            node = self.scene.AddNode(node)
-        return node
+        return moduleParameterNode(self.scene, MODULE_NAME)
 
     # -- running ------------------------------------------------------------------------------
 

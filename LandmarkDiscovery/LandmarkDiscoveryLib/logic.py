@@ -7,13 +7,13 @@ only when detection runs, so loading the module never needs it.
 from pathlib import Path
 
 import numpy as np
-import slicer
 import vtk
 
 from labelfree.errors import InputError, ModelFileError
 from labelfree.io import Image, lps_to_ras
 from LabelFreeLib.mrml import (
     imageVolumes,
+    moduleParameterNode,
     placeInSubjectHierarchyBeside,
     removeNodes,
     sceneOrDefault,
@@ -63,15 +63,11 @@ class LandmarkDiscoveryLogic:
         self._modelCache = None
 
     def getParameterNode(self):
-        """The module's singleton ``vtkMRMLScriptedModuleNode`` (created on first use)."""
-        node = self.scene.GetSingletonNode(MODULE_NAME, "vtkMRMLScriptedModuleNode")
-        if node is None:
-            node = slicer.vtkMRMLScriptedModuleNode()
-            node.SetName(self.scene.GenerateUniqueName(MODULE_NAME))
-            node.SetAttribute("ModuleName", MODULE_NAME)
-            node.SetSingletonTag(MODULE_NAME)
-            node = self.scene.AddNode(node)
-        return node
+        """The module's singleton ``vtkMRMLScriptedModuleNode`` (created on first use).
+
+        The widget wraps it with its typed ``parameterNodeWrapper`` class.
+        """
+        return moduleParameterNode(self.scene, MODULE_NAME)
 
     # ------------------------------------------------------------------ single volume
 

@@ -192,3 +192,16 @@ def test_reload_picks_up_edits_to_a_package(tmp_path, monkeypatch):
     assert sys.modules["EditedLib"].VALUE == 2
     for name in ("EditedLib.logic", "EditedLib"):
         sys.modules.pop(name)
+
+
+def test_the_parameter_node_is_made_as_slicers_template_makes_it(scene):
+    from LabelFreeLib.mrml import moduleParameterNode
+
+    node = moduleParameterNode(scene, "CUTSSegment")
+    assert (
+        node.GetSingletonTag() == "CUTSSegment" and node.GetAttribute("ModuleName") == "CUTSSegment"
+    )
+    node.RemoveAttribute("ModuleName")  # what a scene close leaves on the singleton
+    assert moduleParameterNode(scene, "CUTSSegment") is node
+    assert node.GetAttribute("ModuleName") == "CUTSSegment"
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScriptedModuleNode") == 1
