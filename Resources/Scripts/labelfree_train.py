@@ -72,6 +72,7 @@ def buildParser() -> argparse.ArgumentParser:
     cuts.add_argument(
         "--init-model", default=None, help="fine-tune this model file ('default': the bundled one)"
     )
+    cuts.add_argument("--resume", default=None, help="continue from this checkpoint (.ckpt)")
 
     landmarks = methods.add_parser("landmarks", help="Siamese landmark regressor")
     common(landmarks)
@@ -164,6 +165,7 @@ def _options(args) -> dict:
         # The engine's None is "auto": each volume's coarsest-spaced axis.
         options["axis"] = int(args.axis) if str(args.axis).isdigit() else None
         options["init_model"] = args.init_model
+        options["resume"] = args.resume
     else:
         options["n_landmarks"] = args.landmarks
         options["equivariance"] = args.equivariance

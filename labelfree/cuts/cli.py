@@ -82,6 +82,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--init-model", metavar="FILE", help="fine-tune this model ('default': the bundled one)"
     )
     train.add_argument("--batch-size", type=int, default=16)
+    train.add_argument(
+        "--resume",
+        metavar="CKPT",
+        help="continue the killed run that left this checkpoint (OUT's .ckpt, same options)",
+    )
     train.add_argument("--quiet", action="store_true", help="no progress on stderr")
     train.set_defaults(func=_train_main)
 
@@ -151,6 +156,7 @@ def _train_main(args: argparse.Namespace) -> int:
         init_model=args.init_model,
         progress=_progress_printer("train", args.quiet),
         batch_size=args.batch_size,
+        resume=args.resume,
     )
     print(path)
     return 0

@@ -57,6 +57,7 @@ same image, since there is nothing to split.
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import os
 import time
@@ -69,6 +70,13 @@ import numpy as np
 import torch
 
 from labelfree import __version__
+from labelfree.checkpoint import (
+    checkpoint_path,
+    load_checkpoint,
+    random_states,
+    restore_random_states,
+    save_checkpoint,
+)
 from labelfree.cuts import losses
 from labelfree.cuts.encoder import PATCH, RECEPTIVE_FIELD
 from labelfree.cuts.mining import Pairs, mine_pairs
@@ -267,6 +275,15 @@ def _batch_losses(
     return contrastive, recon, fallback
 
 
+def _slices_digest(slices: list[np.ndarray]) -> str:
+    """SHA-256 of the normalised training slices: a checkpoint resumes only on the same data."""
+    digest = hashlib.sha256()
+    for image in slices:
+        digest.update(str(image.shape).encode())
+        digest.update(np.ascontiguousarray(image).tobytes())
+    return digest.hexdigest()
+
+
 def _lr_factor(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -312,6 +329,8 @@ def train_cuts_steps(
     temperature: float = losses.TEMPERATURE,
     embed_dim: int = 128,
     samples_per_epoch: int | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    resume: str | os.PathLike | None = None,
 ) -> Generator[Progress, None, TrainResult]:
     """Train a CUTS encoder, yielding progress after every batch.
 
@@ -348,6 +367,11 @@ def train_cuts_steps(
         Method parameters (defaults: paper and reference values).
     samples_per_epoch : int, optional
         Images drawn per epoch; default ``max(training slices, 128)``.
+    checkpoint : path-like, optional
+        Write a checkpoint here after every epoch (:mod:`labelfree.checkpoint`).
+    resume : path-like, optional
+        Continue the run that left this checkpoint (same images and settings): the
+        result equals that of a run that was never interrupted.
 
     Returns
     -------
@@ -398,13 +422,36 @@ def train_cuts_steps(
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: _lr_factor(s, total, warmup))
 
+    fingerprint = {
+        "in_channels": in_channels,
+        "epochs": epochs,
+        "seed": seed,
+        "crop": crop,
+        "batch_size": batch_size,
+        "samples_per_epoch": per_epoch,
+        "val_fraction": val_fraction,
+        "method": [n_anchors, lr, weight_decay, lam, temperature, embed_dim],
+        "data": _slices_digest(slices),
+    }
     history: list[dict[str, float]] = []
-    init_c, init_r = _validate(setup, slices, val_idx, val_pairs, batch_size)
-    init_total = float(losses.combined(torch.tensor(init_c), torch.tensor(init_r), lam))
-    best = (init_total, 0, copy.deepcopy(model.state_dict()))
     fallbacks: list[float] = []
-    step = 0
-    for epoch in range(1, epochs + 1):
+    step, first_epoch = 0, 1
+    if resume is None:
+        init_c, init_r = _validate(setup, slices, val_idx, val_pairs, batch_size)
+        init_total = float(losses.combined(torch.tensor(init_c), torch.tensor(init_r), lam))
+        best = (init_total, 0, copy.deepcopy(model.state_dict()))
+    else:
+        state = load_checkpoint(resume, "cuts", fingerprint)
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        schedule.load_state_dict(state["schedule"])
+        restore_random_states(rng, state["random"])
+        init_c, init_r = state["initial"]
+        best = (state["best"][0], state["best"][1], state["best"][2])
+        history, fallbacks, step = state["history"], state["fallbacks"], state["step"]
+        first_epoch = state["epoch"] + 1
+        yield Progress(step / (total + 1), f"resumed after epoch {state['epoch']}")
+    for epoch in range(first_epoch, epochs + 1):
         order = np.concatenate(
             [rng.permutation(train_idx) for _ in range(math.ceil(per_epoch / len(train_idx)))]
         )[:per_epoch]
@@ -444,6 +491,20 @@ def train_cuts_steps(
         val_total = float(losses.combined(torch.tensor(val_c), torch.tensor(val_r), lam))
         if val_total < best[0]:
             best = (val_total, epoch, copy.deepcopy(model.state_dict()))
+        if checkpoint is not None:
+            state = {
+                "epoch": epoch,
+                "step": step,
+                "model": model.state_dict(),
+                "optimiser": optimiser.state_dict(),
+                "schedule": schedule.state_dict(),
+                "random": random_states(rng),
+                "initial": [init_c, init_r],
+                "best": list(best),
+                "history": history,
+                "fallbacks": fallbacks,
+            }
+            save_checkpoint(checkpoint, "cuts", fingerprint, state)
 
     model.load_state_dict(best[2])
     model = model.cpu().eval()
@@ -529,6 +590,7 @@ def train_from_files(
     batch_size: int = 16,
     samples_per_epoch: int | None = None,
     card: dict[str, Any] | None = None,
+    resume: str | os.PathLike | None = None,
 ) -> Path:
     """Train on image / volume files and write a model file, its card and a loss plot.
 
@@ -553,11 +615,19 @@ def train_from_files(
         Called with each :class:`labelfree.progress.Progress`.
     card : dict, optional
         Extra model-card entries (e.g. a description of the data).
+    resume : path-like, optional
+        Continue from this checkpoint (see below) with the same inputs and options.
 
     Returns
     -------
     Path
         ``out``, written atomically only once training has finished.
+
+    Notes
+    -----
+    After every epoch the run's state goes to ``<stem>.ckpt`` beside ``out``
+    (:mod:`labelfree.checkpoint`), so a killed or cancelled run can continue with
+    ``resume``; it is removed once the model is written.
     """
     if not inputs:
         raise InputError("Give at least one image or volume to train on.")
@@ -593,6 +663,8 @@ def train_from_files(
         device=device,
         init=init,
         progress=progress,
+        checkpoint=checkpoint_path(out),
+        resume=resume,
     )
     last = result.history[-1]
     best = result.history[result.best_epoch - 1] if result.best_epoch else result.initial
@@ -614,10 +686,13 @@ def train_from_files(
         "torch_version": torch.__version__,
         "engine_version": __version__,
         "loss_curve": plot.name,
+        "resumed_from": None if resume is None else Path(resume).name,
         **(card or {}),
     }
     save_loss_plot(result.history, result.best_epoch, plot)
-    return save_cuts_model(out, result.model, result.config, model_card)
+    written = save_cuts_model(out, result.model, result.config, model_card)
+    checkpoint_path(out).unlink(missing_ok=True)  # the model is the result now
+    return written
 
 
 def save_loss_plot(
