@@ -50,7 +50,12 @@ def save_checkpoint(
     state : dict
         The trainer's state: tensors, numbers, strings, lists and dicts.
     """
-    payload = {"format": FORMAT, "kind": kind, "fingerprint": fingerprint, "state": state}
+    payload = {
+        "format": FORMAT,
+        "kind": kind,
+        "fingerprint": _plain(fingerprint),
+        "state": _plain(state),
+    }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return Path(path)
@@ -76,14 +81,28 @@ def load_checkpoint(path: str | os.PathLike, kind: str, fingerprint: dict[str, A
         raise InputError(f"{path} is not a LabelFree training checkpoint.")
     if payload.get("kind") != kind:
         raise InputError(f"{path} is a {payload.get('kind')!r} checkpoint, not {kind!r}.")
-    saved = payload.get("fingerprint", {})
-    differing = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
+    saved, fingerprint = payload.get("fingerprint", {}), _plain(fingerprint)
+    differing = sorted(
+        k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k)
+    )
     if differing:
         raise InputError(
             f"{path} is from a run with other settings ({', '.join(differing)}); resume with the "
             "same inputs and options, or start afresh."
         )
     return payload["state"]
+
+
+def _plain(value: Any) -> Any:
+    """Numpy scalars as Python numbers and tuples as lists, recursively (tensors stay):
+    what ``torch.load(weights_only=True)`` reads back."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 def random_states(rng: np.random.Generator) -> dict[str, Any]:

@@ -77,6 +77,7 @@ def buildParser() -> argparse.ArgumentParser:
     landmarks = methods.add_parser("landmarks", help="Siamese landmark regressor")
     common(landmarks)
     landmarks.add_argument("--landmarks", type=int, required=True, help="number of landmarks K")
+    landmarks.add_argument("--resume", default=None, help="continue from this checkpoint (.ckpt)")
     landmarks.add_argument("--input-size", type=int, default=None, help="network input size")
     landmarks.add_argument(
         "--equivariance",
@@ -169,6 +170,7 @@ def _options(args) -> dict:
     else:
         options["n_landmarks"] = args.landmarks
         options["equivariance"] = args.equivariance
+        options["resume"] = args.resume
         if args.input_size is not None:
             options["input_size"] = args.input_size
     return options

@@ -95,3 +95,20 @@ def test_the_command_line_resumes_and_removes_the_checkpoint_when_done(
     whole, _, _ = load_cuts_model(tmp_path / "whole.pt")
     assert _equal_weights(resumed.state_dict(), whole.state_dict())
     assert card["resumed_from"] == "killed.ckpt"
+
+
+def test_a_killed_landmark_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path):
+    from labelfree.landmarks.synthetic import shepp_logan_population
+    from labelfree.landmarks.train import train_landmarks, train_landmarks_steps
+
+    phantoms = list(shepp_logan_population(6, size=64, seed=1).images)
+    options = {"ndim": 2, "n_landmarks": 4, "input_size": 64, "epochs": 3, "seed": 5}
+    options |= {"batch_size": 4, "equivariance": 10.0}
+    whole = train_landmarks(phantoms, **options)
+    checkpoint = tmp_path / "lm.ckpt"
+    _stop_after_epoch(train_landmarks_steps(phantoms, checkpoint=checkpoint, **options), epoch=2)
+    resumed = run_steps(train_landmarks_steps(phantoms, resume=checkpoint, **options))
+    assert _equal_weights(resumed.regressor.state_dict(), whole.regressor.state_dict())
+    assert resumed.history == whole.history and resumed.best_epoch == whole.best_epoch
+    with pytest.raises(InputError, match="other settings"):
+        run_steps(train_landmarks_steps(phantoms, resume=checkpoint, **{**options, "seed": 6}))

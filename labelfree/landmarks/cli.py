@@ -63,6 +63,11 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument(
+        "--resume",
+        metavar="CKPT",
+        help="continue the killed run that left this checkpoint (OUT's .ckpt, same options)",
+    )
+    p.add_argument(
         "--importance-pairs",
         type=int,
         default=64,
@@ -161,6 +166,7 @@ def _train(args: argparse.Namespace) -> int:
         device=args.device,
         progress=_Reporter(),
         equivariance=args.equivariance,
+        resume=args.resume,
     )
     print(f"model: {out}")
     if args.importance_pairs == 0:

@@ -15,6 +15,7 @@ coincide; the checkpoint with the lowest validation loss is kept.
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import time
 from collections.abc import Generator, Sequence
@@ -25,6 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from labelfree.checkpoint import (
+    checkpoint_path,
+    load_checkpoint,
+    random_states,
+    restore_random_states,
+    save_checkpoint,
+)
 from labelfree.devices import resolve_device
 from labelfree.errors import InputError
 from labelfree.landmarks.loss import DEFAULT_LAMBDA, registration_loss
@@ -326,6 +334,8 @@ def train_landmarks_steps(
     equivariance_px: float | None = None,
     equivariance_shift_px: float = 0.0,
     prior_fade: float | None = 0.25,
+    checkpoint: str | os.PathLike | None = None,
+    resume: str | os.PathLike | None = None,
 ) -> Generator[Progress, None, TrainResult]:
     """Train a landmark regressor, step by step.
 
@@ -422,6 +432,12 @@ def train_landmarks_steps(
     images = list(images)
     if len(images) < 2:
         raise InputError(f"Landmark training needs at least two images (pairs); got {len(images)}.")
+    arguments = dict(locals())  # every parameter, before any other name is bound
+    fingerprint = {  # what a resumed run must share; the data is added once prepared
+        key: list(value) if isinstance(value, tuple) else value
+        for key, value in arguments.items()
+        if key not in ("images", "device", "checkpoint", "resume")
+    }
     torch_device = resolve_device(device)
     start_wall, start_cpu = time.perf_counter(), time.process_time()
     yield Progress(0.0, "preparing images")
@@ -455,8 +471,20 @@ def train_landmarks_steps(
     best = (float("inf"), 0, copy.deepcopy(model.state_dict()))
     fade = _prior_fader(model, prior_fade, total_steps)
     skipped = 0
-    step = 0
-    for epoch in range(1, epochs + 1):
+    step, first_epoch = 0, 1
+    fingerprint["data"] = _stack_digest(stack)
+    if resume is not None:
+        state = load_checkpoint(resume, "landmarks", fingerprint)
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        schedule.load_state_dict(state["schedule"])
+        restore_random_states(rng, state["random"])
+        noise_gen.set_state(state["noise"])
+        best = tuple(state["best"])
+        history, skipped, step = state["history"], state["skipped"], state["step"]
+        first_epoch = state["epoch"] + 1
+        yield Progress(step / total_steps, f"resumed after epoch {state['epoch']}")
+    for epoch in range(first_epoch, epochs + 1):
         model.train()
         order = rng.permutation(train_idx)
         epoch_ridge = warmup_ridge if epoch == 1 else ridge
@@ -515,6 +543,20 @@ def train_landmarks_steps(
         history["val_match"].append(val_match)
         if prior_final and val_total < best[0]:
             best = (val_total, epoch, copy.deepcopy(model.state_dict()))
+        if checkpoint is not None:
+            state = {
+                "epoch": epoch,
+                "step": step,
+                "model": model.state_dict(),
+                "optimiser": optimiser.state_dict(),
+                "schedule": schedule.state_dict(),
+                "random": random_states(rng),
+                "noise": noise_gen.get_state(),
+                "best": list(best),
+                "history": history,
+                "skipped": skipped,
+            }
+            save_checkpoint(checkpoint, "landmarks", fingerprint, state)
     model.load_state_dict(best[2])
     model = model.cpu().eval()
     settings = {
@@ -550,6 +592,11 @@ def train_landmarks_steps(
         cpu_seconds=time.process_time() - start_cpu,
         settings=settings,
     )
+
+
+def _stack_digest(stack: torch.Tensor) -> str:
+    """SHA-256 of the prepared training images: a checkpoint resumes only on the same data."""
+    return hashlib.sha256(stack.detach().cpu().numpy().tobytes()).hexdigest()
 
 
 def _prior_fader(model: LandmarkRegressor, fraction: float | None, total_steps: int):
@@ -639,9 +686,14 @@ def train_from_files(
     device: str = "auto",
     progress: ProgressCallback | None = None,
     card: dict[str, Any] | None = None,
+    resume: str | os.PathLike | None = None,
     **kwargs: Any,
 ) -> Path:
     """Train on image files and write a landmark model (plus card and loss curve).
+
+    After every epoch the run's state goes to ``<stem>.ckpt`` beside ``out``
+    (:mod:`labelfree.checkpoint`); ``resume`` continues a killed run from it, and it
+    is removed once the model is written.
 
     Parameters
     ----------
@@ -658,6 +710,8 @@ def train_from_files(
         Receives :class:`~labelfree.progress.Progress`.
     card : dict, optional
         Extra model-card entries (e.g. measured metrics).
+    resume : path-like, optional
+        A checkpoint of this run (same inputs and options) to continue from.
     **kwargs
         Further :func:`train_landmarks_steps` parameters.
 
@@ -686,6 +740,8 @@ def train_from_files(
         seed=seed,
         device=device,
         progress=progress,
+        checkpoint=checkpoint_path(out),
+        resume=resume,
         **kwargs,
     )
     sizes = sorted({tuple(int(s) for s in img.spatial_shape) for img in loaded})
@@ -709,9 +765,11 @@ def train_from_files(
         },
         "training_seconds": round(result.seconds, 1),
         "training_cpu_seconds": round(result.cpu_seconds, 1),
+        "resumed_from": None if resume is None else Path(resume).name,
         **(card or {}),
     }
     out = Path(out)
     save_landmark_model(out, result.regressor, result.config, full_card)
     plot_loss_curve(result.history, out.with_name(out.stem + ".loss.png"))
+    checkpoint_path(out).unlink(missing_ok=True)  # the model is the result now
     return out
