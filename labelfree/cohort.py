@@ -101,12 +101,26 @@ def list_cases(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[
     return cases
 
 
-def previous_parameters(out_dir: Path) -> dict[str, Any] | None:
-    """The parameters recorded by the last complete run into ``out_dir``, if any."""
+def shard_record(shard: tuple[int, int] | None) -> str:
+    """The provenance file of one shard (``provenance.shard-2-of-8.json``), or of a whole run."""
+    return PROVENANCE if shard is None else f"provenance.shard-{shard[0]}-of-{shard[1]}.json"
+
+
+def _record(out_dir: Path, name: str) -> dict[str, Any] | None:
     try:
-        return json.loads((out_dir / PROVENANCE).read_text())["run"]["parameters"]
+        return json.loads((out_dir / name).read_text())["run"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def previous_parameters(out_dir: Path, name: str = PROVENANCE) -> dict[str, Any] | None:
+    """The parameters recorded by the last complete run (or shard) into ``out_dir``, if any."""
+    record = _record(out_dir, name)
+    return None if record is None else record.get("parameters")
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
 
 
 def run_cohort_steps(
@@ -120,6 +134,7 @@ def run_cohort_steps(
     complete: Callable[[Path], bool] = Path.exists,
     finish: Callable[[CohortResult], None] | None = None,
     what: str = "Processing",
+    shard: tuple[int, int] | None = None,
 ) -> Generator[Progress, None, CohortResult]:
     """Process every case; yields :class:`Progress`, returns :class:`CohortResult`.
 
@@ -146,6 +161,12 @@ def run_cohort_steps(
         the provenance record.
     what : str
         The verb of the progress messages ("Segmenting", "Finding landmarks in").
+    shard : (int, int), optional
+        ``(i, n)``: process only cases ``i, i + n, i + 2n...`` (``0 <= i < n``), as one of
+        ``n`` jobs (a SLURM array, or torchrun's ranks: :func:`shard_from_environment`).
+        Each job records itself in ``provenance.shard-i-of-n.json``; the job that finds
+        all ``n`` records written calls ``finish`` over every case and writes
+        ``provenance.json`` for the whole cohort.
 
     Raises
     ------
@@ -159,14 +180,15 @@ def run_cohort_steps(
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise OutputError(f"Cannot create the output folder {out_dir} ({err.strerror}).") from err
-    reuse = not overwrite and previous_parameters(out_dir) == json.loads(
-        json.dumps(parameters, default=str)
-    )
+    index, count = shard or (0, 1)
+    mine = cases[index::count]
+    record = shard_record(shard)
+    reuse = not overwrite and previous_parameters(out_dir, record) == _plain(parameters)
     result = CohortResult()
-    for number, case in enumerate(cases):
+    for number, case in enumerate(mine):
         name = case_name(case)
         output = output_for(name)
-        yield Progress(number / len(cases), f"{what} {name} (case {number + 1} of {len(cases)})")
+        yield Progress(number / len(mine), f"{what} {name} (case {number + 1} of {len(mine)})")
         if reuse and complete(output):
             result.outputs[name] = output
             result.skipped.append(name)
@@ -179,24 +201,61 @@ def run_cohort_steps(
             result.failures.append((case, str(error)))
             continue
         result.outputs[name] = output
-    if not result.outputs:
+    if mine and not result.outputs:
         reasons = "; ".join(f"{p.name}: {m}" for p, m in result.failures[:3])
         raise InputError(f"No case could be processed ({reasons}).")
-    if finish is not None:
-        finish(result)
-    outcome = {
-        "parameters": parameters,
-        "outputs": {name: str(path) for name, path in result.outputs.items()},
-        "skipped": result.skipped,
-        "failures": [{"input": str(p), "reason": m} for p, m in result.failures],
-    }
-    write_provenance(out_dir, cases, outcome)
+    outcome = _outcome(parameters, result, shard)
+    if shard is None:
+        if finish is not None:
+            finish(result)
+        write_provenance(out_dir, cases, outcome)
+    else:
+        write_provenance(out_dir, mine, outcome, name=record)
+        whole = _merged(out_dir, cases, parameters, count, output_for, complete)
+        if whole is not None:  # the last shard to finish covers the whole cohort
+            if finish is not None:
+                finish(whole)
+            result.table = whole.table
+            write_provenance(out_dir, cases, {**_outcome(parameters, whole, None), "shards": count})
     yield Progress(
         1.0,
         f"Done: {len(result.outputs) - len(result.skipped)} computed, {len(result.skipped)} "
         f"kept from an earlier run, {len(result.failures)} failed",
     )
     return result
+
+
+def _outcome(parameters, result: CohortResult, shard) -> dict[str, Any]:
+    return {
+        "parameters": parameters,
+        "shard": None if shard is None else list(shard),
+        "outputs": {name: str(path) for name, path in result.outputs.items()},
+        "skipped": result.skipped,
+        "failures": [{"input": str(p), "reason": m} for p, m in result.failures],
+    }
+
+
+def _merged(out_dir, cases, parameters, count, output_for, complete) -> CohortResult | None:
+    """All shards' outcome once every shard has recorded itself with these parameters."""
+    records = [_record(out_dir, shard_record((i, count))) for i in range(count)]
+    if any(r is None or r.get("parameters") != _plain(parameters) for r in records):
+        return None
+    whole = CohortResult()
+    for case in cases:
+        output = output_for(case_name(case))
+        if complete(output):
+            whole.outputs[case_name(case)] = output
+    whole.failures = [(Path(f["input"]), f["reason"]) for r in records for f in r["failures"]]
+    return whole
+
+
+def shard_from_environment() -> tuple[int, int] | None:
+    """``(RANK, WORLD_SIZE)`` under ``torchrun`` with several processes, else None."""
+    try:
+        rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    except (KeyError, ValueError):
+        return None
+    return (rank, size) if size > 1 and 0 <= rank < size else None
 
 
 PARTIAL = 3

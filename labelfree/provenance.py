@@ -57,9 +57,11 @@ def provenance(inputs: list[str | os.PathLike], run: dict[str, Any]) -> dict[str
     }
 
 
-def write_provenance(folder: str | os.PathLike, inputs: list, run: dict[str, Any]) -> Path:
-    """Write :func:`provenance` as ``folder/provenance.json`` (atomically, read back)."""
+def write_provenance(
+    folder: str | os.PathLike, inputs: list, run: dict[str, Any], name: str = PROVENANCE
+) -> Path:
+    """Write :func:`provenance` as ``folder/name`` (atomically, read back)."""
     from labelfree.io import write_text
 
     record = provenance(inputs, run)
-    return write_text(Path(folder) / PROVENANCE, json.dumps(record, indent=2, default=str))
+    return write_text(Path(folder) / name, json.dumps(record, indent=2, default=str))

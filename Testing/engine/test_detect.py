@@ -359,3 +359,38 @@ def test_smoothing_in_slabs_equals_the_whole_gaussian_filter(monkeypatch):
     assert result.dtype == expected.dtype
     np.testing.assert_array_equal(result, expected)
     assert len(list(landmark_model.smooth_steps(volume, sigma))) > 10
+
+
+def test_a_cohort_split_into_shards_gives_the_table_of_one_run(tmp_path, monkeypatch):
+    """N independent jobs (a SLURM array, or torchrun's ranks) each take every N-th case;
+    the last to finish writes the table and provenance.json of the whole cohort."""
+    from labelfree import cli
+    from labelfree.cohort import shard_from_environment
+
+    model = _constant_model(NORMALISED, importance=[0.2, 1.0, 0.5, 0.0])
+    inputs = []
+    for i in range(5):
+        inputs.append(tmp_path / f"sub-{i}.nrrd")
+        sitk.WriteImage(_oblique_volume(seed=i), str(inputs[-1]))
+    one = run_steps(detect_cohort_steps(inputs, tmp_path / "one", model))
+    out = tmp_path / "sharded"
+    for index in (2, 0, 1):  # in any order
+        assert not (out / "landmarks.csv").exists()
+        result = run_steps(detect_cohort_steps(inputs, out, model, shard=(index, 3)))
+        assert sorted(result.outputs) == [f"sub-{i}" for i in range(index, 5, 3)]
+    assert (out / "landmarks.csv").read_text() == one.table.read_text()
+    record = json.loads((out / "provenance.json").read_text())
+    assert record["run"]["shards"] == 3 and len(record["inputs"]) == 5
+    assert sorted(p.name for p in out.glob("provenance.shard-*")) == [
+        f"provenance.shard-{i}-of-3.json" for i in range(3)
+    ]
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert shard_from_environment() == (1, 4)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert shard_from_environment() is None
+    argv = ["landmarks", "detect", *map(str, inputs), "--out", str(tmp_path / "x")]
+    with pytest.raises(SystemExit) as refused:
+        cli.main([*argv, "--shard", "3/3"])
+    assert refused.value.code == 2

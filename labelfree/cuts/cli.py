@@ -12,7 +12,7 @@ import re
 import sys
 from pathlib import Path
 
-from labelfree.cliargs import seed
+from labelfree.cliargs import seed, shard
 from labelfree.devices import DEVICE_CHOICES
 from labelfree.progress import Progress, run_steps
 
@@ -64,6 +64,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="several inputs: recompute cases whose complete result exists from an earlier run",
     )
+    seg.add_argument(
+        "--shard",
+        type=shard,
+        metavar="I/N",
+        help="several inputs: only every N-th case, from case I, as job I of N (default under "
+        "torchrun: RANK/WORLD_SIZE); the last job to finish merges the records",
+    )
     seg.set_defaults(func=_segment_main)
 
     train = commands.add_parser(
@@ -110,7 +117,7 @@ def _axis(value: str) -> int | str:
 
 
 def _segment_main(args: argparse.Namespace) -> int:
-    from labelfree.cohort import list_cases, report_cohort
+    from labelfree.cohort import list_cases, report_cohort, shard_from_environment
     from labelfree.cuts.folders import SUMMARY, segment_cohort_steps, segment_to_folder
 
     options = dict(
@@ -132,6 +139,7 @@ def _segment_main(args: argparse.Namespace) -> int:
             model=args.model,
             file_format=args.format,
             overwrite=args.overwrite,
+            shard=args.shard or shard_from_environment(),
             **options,
         )
         return report_cohort(run_steps(steps, progress), args.out)

@@ -143,6 +143,7 @@ def segment_cohort_steps(
     model: str | os.PathLike | None = None,
     file_format: str = "nrrd",
     overwrite: bool = False,
+    shard: tuple[int, int] | None = None,
     **options: Any,
 ) -> Generator[Progress, None, CohortResult]:
     """Segment every case of a cohort into ``out/<case>/``; yields progress, returns the result.
@@ -160,6 +161,8 @@ def segment_cohort_steps(
         Label file format.
     overwrite : bool
         Recompute cases whose complete result exists from an earlier run.
+    shard : (int, int), optional
+        Only every n-th case, as one of n jobs (:func:`labelfree.cohort.run_cohort_steps`).
     **options
         Passed to :func:`labelfree.cuts.volume.segment_volume_steps`.
     """
@@ -198,6 +201,7 @@ def segment_cohort_steps(
             lambda name: out / name,
             parameters,
             overwrite=overwrite,
+            shard=shard,
             complete=lambda folder: (folder / SUMMARY).is_file(),
             what="Segmenting",
         )

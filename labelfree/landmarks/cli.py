@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from labelfree.cliargs import seed
-from labelfree.cohort import list_cases, report_cohort
+from labelfree.cliargs import seed, shard
+from labelfree.cohort import list_cases, report_cohort, shard_from_environment
 from labelfree.devices import DEVICE_CHOICES
 from labelfree.errors import InputError, LabelFreeError
 from labelfree.markups import MARKUPS_SUFFIXES, markups_format
@@ -112,6 +112,13 @@ def _add_detect(commands: argparse._SubParsersAction) -> None:
         "--overwrite",
         action="store_true",
         help="batch: recompute cases whose landmark file exists from an earlier run",
+    )
+    p.add_argument(
+        "--shard",
+        type=shard,
+        metavar="I/N",
+        help="several inputs: only every N-th case, from case I, as job I of N (default under "
+        "torchrun: RANK/WORLD_SIZE); the last job to finish merges the records",
     )
     p.set_defaults(func=_detect)
 
@@ -222,6 +229,7 @@ def _detect(args: argparse.Namespace) -> int:
         min_importance=args.min_importance,
         device=args.device,
         overwrite=args.overwrite,
+        shard=args.shard or shard_from_environment(),
     )
     result = run_steps(steps, _Reporter())
     return report_cohort(result, args.out)

@@ -280,6 +280,7 @@ def detect_cohort_steps(
     min_importance: float | None = None,
     device: str = "auto",
     overwrite: bool = False,
+    shard: tuple[int, int] | None = None,
 ) -> Generator[Progress, None, CohortResult]:
     """Detect landmarks on a cohort: one landmark file per case, then one table of all.
 
@@ -305,6 +306,9 @@ def detect_cohort_steps(
         See :func:`detect_landmarks`.
     overwrite : bool
         Recompute cases whose landmark file exists from an earlier run.
+    shard : (int, int), optional
+        Only every n-th case, as one of n jobs (:func:`labelfree.cohort.run_cohort_steps`);
+        the last job to finish writes the table.
 
     Raises
     ------
@@ -365,6 +369,7 @@ def detect_cohort_steps(
             lambda name: out_dir / f"{name}{suffix}",
             parameters,
             overwrite=overwrite,
+            shard=shard,
             finish=write_table,
             what="Finding landmarks in",
         )
