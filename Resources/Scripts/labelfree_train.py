@@ -154,7 +154,15 @@ def runSegmentation(args) -> Path:
 def printProgress(report) -> None:
     """One ``PROGRESS`` line per engine report, flushed so a parent sees it at once."""
     message = " ".join(str(report.message).split())
-    print(f"PROGRESS {float(report.fraction):.4f} {message}", flush=True)
+    say(f"PROGRESS {float(report.fraction):.4f} {message}")
+
+
+def say(line: str) -> None:
+    """Print a line for the parent process; under torchrun only rank 0 does."""
+    from labelfree.distributed import world_from_environment
+
+    if world_from_environment().main:
+        print(line, flush=True)
 
 
 def _options(args) -> dict:
@@ -210,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         missing = [str(p) for p in args.inputs if not p.exists()]
         if missing:  # before importing torch: a typo should not cost seconds
             raise LabelFreeError(f"Input not found: {', '.join(missing)}. Check the paths.")
-        print(f"PROGRESS 0.0000 Starting {args.task}", flush=True)
+        say(f"PROGRESS 0.0000 Starting {args.task}")
         run = {"segment": runSegmentation, "detect": runDetection}.get(args.task, train)
         out = run(args)
     except LabelFreeError as err:
@@ -219,8 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     except (Cancelled, KeyboardInterrupt):
         print("ERROR cancelled; nothing was written.", file=sys.stderr, flush=True)
         return EXIT_CANCELLED
-    print("PROGRESS 1.0000 Done", flush=True)
-    print(f"RESULT {out}", flush=True)
+    say("PROGRESS 1.0000 Done")
+    say(f"RESULT {out}")
     return EXIT_OK
 
 

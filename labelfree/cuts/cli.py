@@ -153,6 +153,7 @@ def _segment_main(args: argparse.Namespace) -> int:
 
 def _train_main(args: argparse.Namespace) -> int:
     from labelfree.cuts.train import train_from_files
+    from labelfree.distributed import world_from_environment
 
     path = train_from_files(
         args.inputs,
@@ -166,5 +167,6 @@ def _train_main(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         resume=args.resume,
     )
-    print(path)
+    if world_from_environment().main:  # under torchrun, rank 0 speaks for all
+        print(path)
     return 0

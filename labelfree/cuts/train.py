@@ -83,6 +83,15 @@ from labelfree.cuts.mining import Pairs, mine_pairs
 from labelfree.cuts.model import CutsModel, load_cuts_model, save_cuts_model
 from labelfree.cuts.normalise import default_normalisation, normalise
 from labelfree.devices import resolve_device
+from labelfree.distributed import (
+    SINGLE,
+    World,
+    average_gradients,
+    device_for,
+    join,
+    sum_over_ranks,
+    synchronise_batch_norm,
+)
 from labelfree.errors import InputError, LabelFreeError
 from labelfree.io import atomic_path, read_image
 from labelfree.modelfile import check_training_output
@@ -207,6 +216,7 @@ class _Setup:
     n_anchors: int
     lam: float
     temperature: float
+    world: World = SINGLE
 
 
 def _patch_losses(
@@ -262,17 +272,29 @@ def _random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.n
 def _batch_losses(
     setup: _Setup, slices: list[np.ndarray], idx: np.ndarray, rng
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The batch's losses, on this rank's share of it (all of it in one process).
+
+    Every rank draws the whole batch's crops and pairs, so the generators stay in step;
+    a share's mean losses are weighted by ``share * ranks / batch`` so that the averaged
+    gradients are those of the whole batch's mean.
+    """
     if setup.crop == RECEPTIVE_FIELD:
-        pairs = [mine_pairs(slices[i][None], rng, n_anchors=setup.n_anchors) for i in idx]
-        contrastive, recon = _patch_losses(setup, [slices[i] for i in idx], pairs)
+        images = [slices[i] for i in idx]
+        pairs = [mine_pairs(im[None], rng, n_anchors=setup.n_anchors) for im in images]
     else:
         images = [slices[i] for i in idx]
         if setup.crop is not None:
             images = [_random_crop(im, setup.crop, rng) for im in images]
         pairs = [mine_pairs(im[None], rng, n_anchors=setup.n_anchors) for im in images]
-        contrastive, recon = _dense_losses(setup, images, pairs)
     fallback = float(np.mean([p.fallback.mean() for p in pairs]))
-    return contrastive, recon, fallback
+    mine = setup.world.share(len(images))
+    if not mine:  # a batch smaller than the world: this rank adds a zero gradient
+        zero = sum(p.sum() for p in setup.model.parameters()) * 0.0
+        return zero, zero, fallback
+    losses_of = _patch_losses if setup.crop == RECEPTIVE_FIELD else _dense_losses
+    contrastive, recon = losses_of(setup, [images[k] for k in mine], [pairs[k] for k in mine])
+    weight = len(mine) * setup.world.size / len(images)
+    return contrastive * weight, recon * weight, fallback
 
 
 def _slices_digest(slices: list[np.ndarray]) -> str:
@@ -298,7 +320,8 @@ def _validate(
     totals = np.zeros(2)
     count = 0
     with torch.no_grad():
-        for start in range(0, len(val_idx), batch_size):
+        starts = range(0, len(val_idx), batch_size)
+        for start in [starts[k] for k in setup.world.share(len(starts))]:  # this rank's batches
             chunk = range(start, min(start + batch_size, len(val_idx)))
             c, r = _patch_losses(
                 setup, [slices[val_idx[k]] for k in chunk], [val_pairs[k] for k in chunk]
@@ -306,7 +329,8 @@ def _validate(
             totals += np.array([c.item(), r.item()]) * len(chunk)
             count += len(chunk)
     setup.model.train()
-    return float(totals[0] / count), float(totals[1] / count)
+    totals = sum_over_ranks([*totals, count], setup.world, setup.device)
+    return float(totals[0] / totals[2]), float(totals[1] / totals[2])
 
 
 def train_cuts_steps(
@@ -331,6 +355,7 @@ def train_cuts_steps(
     samples_per_epoch: int | None = None,
     checkpoint: str | os.PathLike | None = None,
     resume: str | os.PathLike | None = None,
+    world: World = SINGLE,
 ) -> Generator[Progress, None, TrainResult]:
     """Train a CUTS encoder, yielding progress after every batch.
 
@@ -372,6 +397,9 @@ def train_cuts_steps(
     resume : path-like, optional
         Continue the run that left this checkpoint (same images and settings): the
         result equals that of a run that was never interrupted.
+    world : World
+        This process's place among torchrun's ranks (:mod:`labelfree.distributed`); each
+        rank trains on its share of every batch, and only rank 0 writes checkpoints.
 
     Returns
     -------
@@ -412,8 +440,8 @@ def train_cuts_steps(
         model = CutsModel(in_channels, embed_dim)
     if init is not None:
         model.load_state_dict(init.state_dict())
-    model = model.to(device).train()
-    setup = _Setup(model, device, crop, n_anchors, lam, temperature)
+    model = synchronise_batch_norm(model.to(device), world).train()
+    setup = _Setup(model, device, crop, n_anchors, lam, temperature, world)
 
     per_epoch = samples_per_epoch or max(len(train_idx), _MIN_SAMPLES_PER_EPOCH)
     steps_per_epoch = math.ceil(per_epoch / batch_size)
@@ -467,10 +495,13 @@ def train_cuts_steps(
                 )
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
+            average_gradients(model, world)
             optimiser.step()
             schedule.step()
             step += 1
-            sums += np.array([contrastive.item(), recon.item()]) * len(idx)
+            parts = sum_over_ranks([contrastive.item(), recon.item()], world, device) / world.size
+            contrastive, recon = (torch.tensor(v) for v in parts)
+            sums += parts * len(idx)
             fallbacks.append(fallback)
             yield Progress(
                 step / (total + 1),
@@ -491,7 +522,7 @@ def train_cuts_steps(
         val_total = float(losses.combined(torch.tensor(val_c), torch.tensor(val_r), lam))
         if val_total < best[0]:
             best = (val_total, epoch, copy.deepcopy(model.state_dict()))
-        if checkpoint is not None:
+        if checkpoint is not None and world.main:
             state = {
                 "epoch": epoch,
                 "step": step,
@@ -651,6 +682,8 @@ def train_from_files(
             array = np.moveaxis(array, ax, 0)
         arrays.append(array)
         data.append({"file": Path(path).name, "shape": list(im.array.shape), "slice_axis": ax})
+    world = join(resolve_device(device))  # torchrun: this rank's place; else one process
+    torch_device = device_for(world, resolve_device(device))
     result = train_cuts(
         arrays,
         in_channels=in_channels,
@@ -660,12 +693,15 @@ def train_from_files(
         crop=crop,
         batch_size=batch_size,
         samples_per_epoch=samples_per_epoch,
-        device=device,
+        device=torch_device,
         init=init,
-        progress=progress,
+        progress=progress if world.main else None,
         checkpoint=checkpoint_path(out),
         resume=resume,
+        world=world,
     )
+    if not world.main:
+        return out  # rank 0 writes the model, its card and plot
     last = result.history[-1]
     best = result.history[result.best_epoch - 1] if result.best_epoch else result.initial
     plot = out.with_name(out.stem + ".loss.png")
@@ -682,7 +718,8 @@ def train_from_files(
         "best_losses": {k: v for k, v in best.items() if k != "epoch"},
         "positive_fallback_fraction": round(result.fallback_fraction, 4),
         "seconds": round(result.seconds, 1),
-        "device": str(resolve_device(device)),
+        "device": str(torch_device),
+        "world_size": world.size,
         "torch_version": torch.__version__,
         "engine_version": __version__,
         "loss_curve": plot.name,
