@@ -63,6 +63,7 @@ def buildParser() -> argparse.ArgumentParser:
         sub.add_argument("--epochs", type=int, default=None, help="training epochs")
         sub.add_argument("--seed", type=seed, default=0, help="random seed (repeatable runs)")
         sub.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+        sub.add_argument("--skip-bad", action="store_true", help="leave out unreadable inputs")
 
     cuts = methods.add_parser("cuts", help="CUTS encoder (contrastive + reconstruction)")
     common(cuts)
@@ -167,7 +168,12 @@ def say(line: str) -> None:
 
 def _options(args) -> dict:
     """Keyword arguments for the engine's ``train_from_files``, leaving defaults to it."""
-    options = {"seed": args.seed, "device": args.device, "progress": printProgress}
+    options = {
+        "seed": args.seed,
+        "device": args.device,
+        "progress": printProgress,
+        "skip_bad": args.skip_bad,
+    }
     if args.epochs is not None:
         options["epochs"] = args.epochs
     if args.task == "cuts":

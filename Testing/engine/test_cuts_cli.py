@@ -228,3 +228,24 @@ def test_segment_a_cohort_goes_on_past_a_bad_case_and_reruns_only_what_is_missin
     assert (out / "case0" / "summary.json").stat().st_mtime_ns == stamp
     assert run(*args, "--max-levels", 2, "--overwrite") == 0
     assert (out / "case0" / "summary.json").stat().st_mtime_ns != stamp
+
+
+def test_train_stops_at_a_bad_file_by_name_or_leaves_it_out(tmp_path, capsys):
+    """Every training file is read before any training: a corrupt one stops the run at once,
+    by name, or is left out with --skip-bad and listed in the card beside the data hashes."""
+    import hashlib
+
+    good = write_image(oblique_volume(depth=6, size=40), tmp_path / "good.nrrd")
+    whole = write_image(oblique_volume(depth=6, size=40), tmp_path / "whole.nii.gz").read_bytes()
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(whole[: len(whole) // 2])
+    args = ["train", good, bad, "--epochs", 1, "--device", "cpu", "--quiet"]
+    assert run(*args, "--out", tmp_path / "stopped.pt") == 2
+    assert "broken.nii.gz" in capsys.readouterr().err
+    assert not (tmp_path / "stopped.pt").exists()
+    out = tmp_path / "kept.pt"
+    assert run(*args, "--out", out, "--skip-bad") == 0
+    card = json.loads(out.with_name("kept.card.json").read_text())
+    assert [Path(s["file"]).name for s in card["skipped_inputs"]] == ["broken.nii.gz"]
+    assert card["data"][0]["sha256"] == hashlib.sha256(good.read_bytes()).hexdigest()
+    assert card["memory_estimate_bytes"] > 0

@@ -94,6 +94,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="CKPT",
         help="continue the killed run that left this checkpoint (OUT's .ckpt, same options)",
     )
+    train.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave out inputs that cannot be read (listed in the model card) instead of stopping",
+    )
     train.add_argument("--quiet", action="store_true", help="no progress on stderr")
     train.set_defaults(func=_train_main)
 
@@ -166,6 +171,7 @@ def _train_main(args: argparse.Namespace) -> int:
         progress=_progress_printer("train", args.quiet),
         batch_size=args.batch_size,
         resume=args.resume,
+        skip_bad=args.skip_bad,
     )
     if world_from_environment().main:  # under torchrun, rank 0 speaks for all
         print(path)

@@ -93,9 +93,10 @@ from labelfree.distributed import (
     synchronise_batch_norm,
 )
 from labelfree.errors import InputError, LabelFreeError
-from labelfree.io import atomic_path, read_image
+from labelfree.io import atomic_path
 from labelfree.modelfile import check_training_output
 from labelfree.progress import Progress, ProgressCallback, run_steps
+from labelfree.trainingdata import read_training_images
 
 HALF = RECEPTIVE_FIELD // 2
 _MIN_SAMPLES_PER_EPOCH = 128
@@ -622,6 +623,7 @@ def train_from_files(
     samples_per_epoch: int | None = None,
     card: dict[str, Any] | None = None,
     resume: str | os.PathLike | None = None,
+    skip_bad: bool = False,
 ) -> Path:
     """Train on image / volume files and write a model file, its card and a loss plot.
 
@@ -648,6 +650,9 @@ def train_from_files(
         Extra model-card entries (e.g. a description of the data).
     resume : path-like, optional
         Continue from this checkpoint (see below) with the same inputs and options.
+    skip_bad : bool
+        Leave out inputs that cannot be read (listed in the card) instead of stopping;
+        either way every file is read before training starts.
 
     Returns
     -------
@@ -663,7 +668,7 @@ def train_from_files(
     if not inputs:
         raise InputError("Give at least one image or volume to train on.")
     out = check_training_output(out, inputs)
-    images = [read_image(p) for p in inputs]
+    inputs, images, data_record = read_training_images(inputs, skip_bad=skip_bad, progress=progress)
     channels = {im.channels for im in images}
     if len(channels) > 1:
         raise InputError("Mixed grayscale and RGB inputs; train one model per kind of image.")
@@ -724,6 +729,7 @@ def train_from_files(
         "engine_version": __version__,
         "loss_curve": plot.name,
         "resumed_from": None if resume is None else Path(resume).name,
+        **data_record,
         **(card or {}),
     }
     save_loss_plot(result.history, result.best_epoch, plot)

@@ -63,6 +63,11 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave out inputs that cannot be read (listed in the model card) instead of stopping",
+    )
+    p.add_argument(
         "--resume",
         metavar="CKPT",
         help="continue the killed run that left this checkpoint (OUT's .ckpt, same options)",
@@ -150,10 +155,10 @@ class _Reporter:
             print(f"[{100 * report.fraction:5.1f}%] {report.message}", file=sys.stderr)
 
 
-def _read_all(paths: list[Path]):
-    from labelfree.io import read_image
+def _read_all(paths: list[Path], skip_bad: bool = False):
+    from labelfree.trainingdata import read_training_images
 
-    return [read_image(p) for p in paths]
+    return read_training_images(paths, skip_bad=skip_bad)[1]
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -174,12 +179,14 @@ def _train(args: argparse.Namespace) -> int:
         progress=_Reporter(),
         equivariance=args.equivariance,
         resume=args.resume,
+        skip_bad=args.skip_bad,
     )
     print(f"model: {out}")
     if args.importance_pairs == 0:
         return 0
     try:
-        importance = store_importance(out, _read_all(paths), args.importance_pairs, args.seed)
+        images = _read_all(paths, skip_bad=args.skip_bad)
+        importance = store_importance(out, images, args.importance_pairs, args.seed)
     except LabelFreeError as err:
         # The trained model is worth keeping; importance can be measured later.
         print(

@@ -48,6 +48,7 @@ from labelfree.landmarks.regressor import LandmarkRegressor, corner_landmarks
 from labelfree.landmarks.tps import tps_map, warp_image
 from labelfree.modelfile import check_training_output
 from labelfree.progress import Progress, ProgressCallback, run_steps
+from labelfree.trainingdata import read_training_images
 
 DEFAULT_INPUT_SIZE = {2: 128, 3: 48}
 # Std of the equivariance warps in input pixels: about the displacement between two images of
@@ -687,6 +688,7 @@ def train_from_files(
     progress: ProgressCallback | None = None,
     card: dict[str, Any] | None = None,
     resume: str | os.PathLike | None = None,
+    skip_bad: bool = False,
     **kwargs: Any,
 ) -> Path:
     """Train on image files and write a landmark model (plus card and loss curve).
@@ -712,6 +714,8 @@ def train_from_files(
         Extra model-card entries (e.g. measured metrics).
     resume : path-like, optional
         A checkpoint of this run (same inputs and options) to continue from.
+    skip_bad : bool
+        Leave out inputs that cannot be read (listed in the card) instead of stopping.
     **kwargs
         Further :func:`train_landmarks_steps` parameters.
 
@@ -720,13 +724,12 @@ def train_from_files(
     Path
         The model file.
     """
-    from labelfree.io import read_image
 
     paths = [Path(p) for p in inputs]
     if not paths:
         raise InputError("No training images were given; pass at least two files.")
     out = check_training_output(out, paths)
-    loaded = [read_image(p) for p in paths]
+    paths, loaded, data_record = read_training_images(paths, skip_bad=skip_bad, progress=progress)
     dims = {img.ndim for img in loaded}
     if len(dims) > 1:
         raise InputError("Training images mix 2-D and 3-D inputs; train one model per dimension.")
@@ -766,6 +769,7 @@ def train_from_files(
         "training_seconds": round(result.seconds, 1),
         "training_cpu_seconds": round(result.cpu_seconds, 1),
         "resumed_from": None if resume is None else Path(resume).name,
+        **data_record,
         **(card or {}),
     }
     out = Path(out)
