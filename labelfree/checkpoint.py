@@ -34,6 +34,24 @@ def checkpoint_path(model_path: str | os.PathLike) -> Path:
     return model_path.with_name(model_path.stem + SUFFIX)
 
 
+def refuse_overwriting_a_checkpoint(
+    model_path: str | os.PathLike, resume: str | os.PathLike | None
+) -> None:
+    """A fresh run into ``model.pt`` would overwrite the checkpoint a killed run left there.
+
+    Raises
+    ------
+    InputError
+        ``model.ckpt`` exists and the run does not resume from it.
+    """
+    left = checkpoint_path(model_path)
+    if left.exists() and (resume is None or Path(resume).resolve() != left.resolve()):
+        raise InputError(
+            f"{left} is the checkpoint of an interrupted run into {Path(model_path).name}; "
+            f"continue it with --resume {left}, or delete it to start afresh."
+        )
+
+
 def save_checkpoint(
     path: str | os.PathLike, kind: str, fingerprint: dict[str, Any], state: dict[str, Any]
 ) -> Path:
@@ -75,7 +93,7 @@ def load_checkpoint(path: str | os.PathLike, kind: str, fingerprint: dict[str, A
         raise InputError(f"Checkpoint not found: {path}. Give the .ckpt file a run left.")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile) as err:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
         raise InputError(f"{path} is not a readable checkpoint ({type(err).__name__}).") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputError(f"{path} is not a LabelFree training checkpoint.")

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from labelfree.errors import InputError, LabelFreeError, ModelFileError, OutputError
-from labelfree.io import IMAGE_SUFFIXES
+from labelfree.io import IMAGE_SUFFIXES, write_text
 from labelfree.progress import Progress
 from labelfree.provenance import PROVENANCE, write_provenance
 
@@ -113,10 +113,22 @@ def _record(out_dir: Path, name: str) -> dict[str, Any] | None:
         return None
 
 
-def previous_parameters(out_dir: Path, name: str = PROVENANCE) -> dict[str, Any] | None:
-    """The parameters recorded by the last complete run (or shard) into ``out_dir``, if any."""
-    record = _record(out_dir, name)
-    return None if record is None else record.get("parameters")
+def _done_so_far(out_dir: Path, shard, parameters, overwrite: bool) -> tuple[Path, dict]:
+    """The hidden record of cases finished with these parameters (reset when they change).
+
+    Written before any case and after each one, so a run killed half-way with other
+    parameters is never taken for the earlier run, and a case that failed is never reused.
+    """
+    suffix = "" if shard is None else f".shard-{shard[0]}-of-{shard[1]}"
+    path = out_dir / f".cohort-run{suffix}.json"
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        state = None
+    if overwrite or not isinstance(state, dict) or state.get("parameters") != parameters:
+        state = {"parameters": parameters, "done": []}
+        write_text(path, json.dumps(state))
+    return path, state
 
 
 def _plain(value: Any) -> Any:
@@ -183,13 +195,14 @@ def run_cohort_steps(
     index, count = shard or (0, 1)
     mine = cases[index::count]
     record = shard_record(shard)
-    reuse = not overwrite and previous_parameters(out_dir, record) == _plain(parameters)
+    marker, state = _done_so_far(out_dir, shard, _plain(parameters), overwrite)
+    done = set(state["done"])
     result = CohortResult()
     for number, case in enumerate(mine):
         name = case_name(case)
         output = output_for(name)
         yield Progress(number / len(mine), f"{what} {name} (case {number + 1} of {len(mine)})")
-        if reuse and complete(output):
+        if name in done and complete(output):
             result.outputs[name] = output
             result.skipped.append(name)
             continue
@@ -201,17 +214,20 @@ def run_cohort_steps(
             result.failures.append((case, str(error)))
             continue
         result.outputs[name] = output
+        done.add(name)
+        write_text(marker, json.dumps({**state, "done": sorted(done)}))
+    outcome = _outcome(parameters, result, shard)
+    if shard is not None:  # recorded even when every case failed, so that the others can merge
+        write_provenance(out_dir, mine, outcome, name=record)
     if mine and not result.outputs:
         reasons = "; ".join(f"{p.name}: {m}" for p, m in result.failures[:3])
         raise InputError(f"No case could be processed ({reasons}).")
-    outcome = _outcome(parameters, result, shard)
     if shard is None:
         if finish is not None:
             finish(result)
         write_provenance(out_dir, cases, outcome)
     else:
-        write_provenance(out_dir, mine, outcome, name=record)
-        whole = _merged(out_dir, cases, parameters, count, output_for, complete)
+        whole = _merged(out_dir, cases, parameters, count)
         if whole is not None:  # the last shard to finish covers the whole cohort
             if finish is not None:
                 finish(whole)
@@ -235,16 +251,16 @@ def _outcome(parameters, result: CohortResult, shard) -> dict[str, Any]:
     }
 
 
-def _merged(out_dir, cases, parameters, count, output_for, complete) -> CohortResult | None:
-    """All shards' outcome once every shard has recorded itself with these parameters."""
+def _merged(out_dir, cases, parameters, count) -> CohortResult | None:
+    """All shards' outcome (from their records) once every shard has recorded these parameters."""
     records = [_record(out_dir, shard_record((i, count))) for i in range(count)]
     if any(r is None or r.get("parameters") != _plain(parameters) for r in records):
         return None
+    produced = {name: Path(path) for r in records for name, path in r["outputs"].items()}
     whole = CohortResult()
-    for case in cases:
-        output = output_for(case_name(case))
-        if complete(output):
-            whole.outputs[case_name(case)] = output
+    for case in cases:  # input order
+        if case_name(case) in produced:
+            whole.outputs[case_name(case)] = produced[case_name(case)]
     whole.failures = [(Path(f["input"]), f["reason"]) for r in records for f in r["failures"]]
     return whole
 

@@ -108,7 +108,7 @@ class SyncedBatchNorm2d(torch.nn.BatchNorm2d):
         channels = x.shape[1]
         n = moments[-1]
         mean = moments[:channels] / n
-        var = moments[channels : 2 * channels] / n - mean * mean
+        var = (moments[channels : 2 * channels] / n - mean * mean).clamp_min(0.0)
         with torch.no_grad():
             self.num_batches_tracked += 1
             unbiased = var * n / (n - 1)

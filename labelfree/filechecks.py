@@ -11,6 +11,7 @@ length), before anything large is allocated.
 from __future__ import annotations
 
 import gzip
+import math
 import stat
 import struct
 import zlib
@@ -68,8 +69,8 @@ def check_declared_size(path: Path, available: int | None) -> None:
     payload = _single_file_payload(path)
     if payload is not None and declared > MAX_DEFLATE_RATIO * max(payload, 1):
         raise InputError(
-            f"{path} declares {shape} voxels ({_size(declared)}) but holds only "
-            f"the file is only {_size(payload)}: it is truncated or damaged. Export it again."
+            f"{path} declares {shape} voxels ({_size(declared)}) but the file is only "
+            f"{_size(payload)}: it is truncated or damaged. Export it again."
         )
     if available is not None and READ_MEMORY_FACTOR * declared > available:
         raise InputError(
@@ -85,7 +86,10 @@ def _voxel_bytes(reader: sitk.ImageFileReader, dimension: int) -> int:
     try:
         probe = sitk.Image([1] * dimension, reader.GetPixelID(), components)
     except RuntimeError:  # scalar and complex types take no component count
-        probe = sitk.Image([1] * dimension, reader.GetPixelID())
+        try:
+            probe = sitk.Image([1] * dimension, reader.GetPixelID())
+        except RuntimeError:
+            return 1  # a pixel type SimpleITK cannot make: let the reader say what is wrong
     return probe.GetSizeOfPixelComponent() * probe.GetNumberOfComponentsPerPixel()
 
 
@@ -151,8 +155,12 @@ def _nifti_required_bytes(header: bytes) -> int | None:
         if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
             dims = struct.unpack(order + "8h", header[40:56])
             bitpix = struct.unpack(order + "h", header[72:74])[0]
-            offset = int(struct.unpack(order + "f", header[108:112])[0])
-            return _declared(dims, bitpix, max(offset, 352))
+            offset = struct.unpack(order + "f", header[108:112])[0]
+            if not math.isfinite(offset):
+                raise InputError(
+                    "The NIfTI header's voxel offset is not a number: the file is damaged."
+                )
+            return _declared(dims, bitpix, max(int(offset), 352))
         if len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:
             bitpix = struct.unpack(order + "h", header[14:16])[0]
             dims = struct.unpack(order + "8q", header[16:80])

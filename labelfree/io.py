@@ -218,6 +218,15 @@ def _checked_components(image: Image, path: Path) -> Image:
     )
 
 
+def _process_umask() -> int:
+    umask = os.umask(0)  # reading it means setting it: done once, before any thread writes
+    os.umask(umask)
+    return umask
+
+
+_UMASK = _process_umask()
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
@@ -238,10 +247,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp_path = Path(tmp)
         yield tmp_path
         # mkstemp makes the file private (0600); give it the mode a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
         if tmp_path.exists():
-            tmp_path.chmod(0o666 & ~umask)
+            tmp_path.chmod(0o666 & ~_UMASK)
         os.replace(tmp_path, path)
     except OSError as err:
         raise OutputError(

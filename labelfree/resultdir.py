@@ -9,6 +9,7 @@ that was complete but not yet swapped in is put in place first).
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import uuid
@@ -60,7 +61,13 @@ def result_folder(out: str | os.PathLike, complete: str, owned: Callable[[str], 
             ) from err
         try:
             yield staging
-            _swap_in(staging, out)
+            try:
+                _swap_in(staging, out)
+            except OSError as err:  # Windows: the folder is open elsewhere
+                raise OutputError(
+                    f"Could not put the new result in place of {out} ({err.strerror}); close "
+                    "programs that use that folder and run again."
+                ) from err
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -68,7 +75,7 @@ def result_folder(out: str | os.PathLike, complete: str, owned: Callable[[str], 
 def _check_replaceable(out: Path, complete: str, owned: Callable[[str], bool]) -> None:
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file; give a folder.")
-    if out.is_dir() and not (out / complete).exists():
+    if out.is_dir():  # a finished result may hold the user's own files too: never delete them
         foreign = sorted(p.name for p in out.iterdir() if not owned(p.name))
         if foreign:
             raise InputError(
@@ -103,23 +110,22 @@ def _locked(out: Path) -> Iterator[None]:
                 f"Another run is writing into {out}; wait for it to finish or choose another "
                 "folder."
             ) from err
-        try:
-            yield
-        finally:
-            lock_path.unlink(missing_ok=True)
+        yield  # the lock file stays: deleting it while locked fails on Windows and races on POSIX
     finally:
         handle.close()
 
 
 def _clean_stale(out: Path, complete: str) -> None:
     """Remove what killed runs left beside ``out``; finish a swap that was cut short."""
-    stale = sorted(out.parent.glob(f".{out.name}.new-*")) + sorted(
-        out.parent.glob(f".{out.name}.old-*")
-    )
+    name = glob.escape(out.name)  # a case called "case[1]" must not match "case1"
+    stale = sorted(out.parent.glob(f".{name}.new-*")) + sorted(out.parent.glob(f".{name}.old-*"))
     if not out.exists():
         for folder in stale:  # a complete result whose swap was cut short, or the previous one
             if (folder / complete).exists():
-                folder.rename(out)
+                try:
+                    folder.rename(out)
+                except OSError:
+                    continue  # in use: the new run's result replaces it anyway
                 break
     for folder in stale:
         shutil.rmtree(folder, ignore_errors=True)

@@ -394,3 +394,24 @@ def test_a_cohort_split_into_shards_gives_the_table_of_one_run(tmp_path, monkeyp
     with pytest.raises(SystemExit) as refused:
         cli.main([*argv, "--shard", "3/3"])
     assert refused.value.code == 2
+
+
+def test_a_rerun_never_keeps_outputs_of_other_settings_or_failed_cases(tmp_path):
+    """A run killed half-way with other settings, or a case that failed, is never taken for
+    the earlier run's output (a hidden record of what each setting finished)."""
+    model = _constant_model(NORMALISED, importance=[0.2, 1.0, 0.5, 0.0])
+    inputs = []
+    for i in range(3):
+        inputs.append(tmp_path / f"sub-{i}.nrrd")
+        sitk.WriteImage(_oblique_volume(seed=i), str(inputs[-1]))
+    out = tmp_path / "out"
+    run_steps(detect_cohort_steps(inputs, out, model, keep=2))
+    steps = detect_cohort_steps(inputs, out, model, keep=3)
+    for report in steps:  # other settings, killed after the first case
+        if "case 2 of 3" in report.message:
+            break
+    steps.close()
+    assert len(read_markups(out / "sub-0.mrk.json")[1]) == 3  # rewritten with keep=3
+    again = run_steps(detect_cohort_steps(inputs, out, model, keep=2))
+    assert again.skipped == []  # nothing taken from the half-done keep=3 run
+    assert all(len(read_markups(out / f"sub-{i}.mrk.json")[1]) == 2 for i in range(3))

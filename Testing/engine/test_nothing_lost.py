@@ -192,7 +192,7 @@ def test_a_killed_run_leaves_nothing_that_outlives_the_next_run(tmp_path, grey_m
     killed.mkdir()
     (killed / "level_00.nrrd").write_text("half")
     assert segment(source, out, grey_model, "--max-levels", 2) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.nrrd", "out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", "in.nrrd", "out"]
     assert json.loads((out / "summary.json").read_text())["levels"]
 
 
@@ -205,7 +205,7 @@ def test_a_swap_cut_short_is_completed_by_the_next_run(tmp_path, grey_model):
     lock.touch()  # a lock file of a killed run holds no lock
     assert segment(source, out, grey_model, "--max-levels", 2) == 0
     assert not done.exists() and (out / "summary.json").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.nrrd", "out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", "in.nrrd", "out"]
 
 
 def test_a_new_method_leaves_no_file_of_the_previous_one(tmp_path, grey_model):
@@ -257,3 +257,46 @@ def test_every_result_folder_records_its_provenance(tmp_path, grey_model):
     assert record["inputs"][0]["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
     assert record["run"]["seed"] == 4 and record["run"]["model"]["trained_on"] == "random (tests)"
     assert record["versions"]["torch"] and record["versions"]["SimpleITK"]
+
+
+# -- found in review: reruns, user files, odd names, damaged headers and summaries ------------
+
+
+def test_a_finished_result_folder_with_the_users_own_files_is_not_replaced(tmp_path, grey_model):
+    source = write_image(oblique_volume(), tmp_path / "in.nrrd")
+    out = tmp_path / "out"
+    assert segment(source, out, grey_model, "--max-levels", 2) == 0
+    (out / "my_edits.seg.nrrd").write_text("an afternoon of editing")
+    assert segment(source, out, grey_model, "--max-levels", 2) == 2
+    assert (out / "my_edits.seg.nrrd").read_text() == "an afternoon of editing"
+
+
+def test_a_case_name_with_glob_characters_touches_no_other_case(tmp_path, grey_model):
+    source = write_image(oblique_volume(), tmp_path / "in.nrrd")
+    other = tmp_path / ".case1.new-12345678"  # another case's staging folder, in use
+    other.mkdir()
+    (other / "summary.json").write_text("{}")
+    assert segment(source, tmp_path / "case[1]", grey_model, "--max-levels", 2) == 0
+    assert other.is_dir() and not (tmp_path / "case1").exists()
+
+
+def test_a_nifti_header_with_a_nan_offset_is_refused(tmp_path):
+    path = write_image(small_volume(), tmp_path / "v.nii")
+    data = bytearray(path.read_bytes())
+    data[108:112] = np.array([np.nan], "<f4").tobytes()
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="damaged"):
+        read_image(path)
+
+
+def test_a_summary_of_another_shape_is_refused(tmp_path, grey_model):
+    from labelfree.cuts.folders import read_result_folder
+
+    source = write_image(oblique_volume(), tmp_path / "in.nrrd")
+    out = tmp_path / "out"
+    assert segment(source, out, grey_model, "--max-levels", 2) == 0
+    for broken in ({"levels": "none"}, {"levels": [{"file": "../../etc/passwd", "clusters": 2}]}):
+        summary = json.loads((out / "summary.json").read_text())
+        (out / "summary.json").write_text(json.dumps({**summary, **broken}))
+        with pytest.raises(InputError, match="summary|label maps"):
+            read_result_folder(out)

@@ -112,3 +112,16 @@ def test_a_killed_landmark_run_resumes_to_the_weights_of_an_uninterrupted_one(tm
     assert resumed.history == whole.history and resumed.best_epoch == whole.best_epoch
     with pytest.raises(InputError, match="other settings"):
         run_steps(train_landmarks_steps(phantoms, resume=checkpoint, **{**options, "seed": 6}))
+
+
+def test_a_fresh_run_refuses_to_overwrite_the_checkpoint_of_a_killed_one(images, tmp_path):
+    from labelfree.cuts.train import train_from_files
+
+    path = write_image(
+        Image(images[0].astype(np.float32), (1.0, 1.0), (0, 0), np.eye(2)), tmp_path / "a.nrrd"
+    )
+    left = checkpoint_path(tmp_path / "m.pt")
+    left.write_bytes(b"what a killed run left")
+    with pytest.raises(InputError, match="--resume"):
+        train_from_files([path], tmp_path / "m.pt", epochs=1, device="cpu")
+    assert left.read_bytes() == b"what a killed run left"

@@ -300,9 +300,9 @@ def test_batch_writes_one_file_per_volume_and_one_table(
         np.testing.assert_allclose(ours[0], theirs[0], atol=1e-9)
         assert ours[1] == theirs[1]
     assert (tmp_path / "cli" / "landmarks.csv").read_text() == result.table.read_text()
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
-        [p.name for p in result.files] + ["landmarks.csv", "provenance.json"]
-    )
+    assert sorted(
+        p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")
+    ) == sorted([p.name for p in result.files] + ["landmarks.csv", "provenance.json"])
 
 
 def test_batch_cancelled_writes_no_table(models, tmp_path, phantomArray, scene):

@@ -228,8 +228,15 @@ def read_result_folder_steps(folder: str | os.PathLike):
         summary = json.loads((folder / SUMMARY).read_text())
     except (OSError, ValueError) as err:
         raise InputError(f"{folder} holds no complete CUTS result ({SUMMARY} is missing).") from err
-    names = [level["file"] for level in summary["levels"]] + [summary["persistent"]]
-    names += [summary["kmeans"]] if summary.get("kmeans") else []
+    try:
+        names = [level["file"] for level in summary["levels"]] + [summary["persistent"]]
+        names += [summary["kmeans"]] if summary.get("kmeans") else []
+        counts = [int(level["clusters"]) for level in summary["levels"]]
+        axis = int(summary["axis"])
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise InputError(f"{folder / SUMMARY} is not a CUTS summary ({err!r}).") from err
+    if not all(isinstance(n, str) and _RESULT_FILE.match(n) for n in names):
+        raise InputError(f"{folder / SUMMARY} names files that are not label maps of a result.")
     maps = []
     for number, name in enumerate(names):
         yield Progress(number / len(names), f"Reading {name}")
@@ -237,10 +244,10 @@ def read_result_folder_steps(folder: str | os.PathLike):
     levels = maps[: len(summary["levels"])]
     return VolumeSegmentation(
         levels=levels,
-        n_clusters=[int(level["clusters"]) for level in summary["levels"]],
+        n_clusters=counts,
         persistent=maps[len(levels)],
         kmeans=maps[len(levels) + 1] if summary.get("kmeans") else None,
-        axis=int(summary["axis"]),
+        axis=axis,
         seconds=dict(summary.get("seconds", {})),
         model_card=dict(summary.get("model", {})),
         method=summary.get("method", "levels"),

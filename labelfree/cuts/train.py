@@ -74,6 +74,7 @@ from labelfree.checkpoint import (
     checkpoint_path,
     load_checkpoint,
     random_states,
+    refuse_overwriting_a_checkpoint,
     restore_random_states,
     save_checkpoint,
 )
@@ -289,12 +290,12 @@ def _batch_losses(
         pairs = [mine_pairs(im[None], rng, n_anchors=setup.n_anchors) for im in images]
     fallback = float(np.mean([p.fallback.mean() for p in pairs]))
     mine = setup.world.share(len(images))
-    if not mine:  # a batch smaller than the world: this rank adds a zero gradient
-        zero = sum(p.sum() for p in setup.model.parameters()) * 0.0
-        return zero, zero, fallback
+    # A batch smaller than the world leaves a rank without images: it still runs one forward
+    # pass (weight 0), because the synced BatchNorm is a collective every rank must join.
+    weight = len(mine) * setup.world.size / len(images)
+    mine = mine or [0]
     losses_of = _patch_losses if setup.crop == RECEPTIVE_FIELD else _dense_losses
     contrastive, recon = losses_of(setup, [images[k] for k in mine], [pairs[k] for k in mine])
-    weight = len(mine) * setup.world.size / len(images)
     return contrastive * weight, recon * weight, fallback
 
 
@@ -420,6 +421,12 @@ def train_cuts_steps(
         raise InputError(f"crop must be None or at least {RECEPTIVE_FIELD} pixels, not {crop}.")
     if epochs < 1 or batch_size < 1 or n_anchors < 2:
         raise InputError("epochs and batch_size must be >= 1 and n_anchors >= 2.")
+    if world.size > 1 and crop != RECEPTIVE_FIELD:
+        raise InputError(
+            f"Training on several processes uses the default {RECEPTIVE_FIELD} x "
+            f"{RECEPTIVE_FIELD} windows (crop={RECEPTIVE_FIELD}): other crops make ranks run "
+            "different numbers of forward passes."
+        )
     if init is not None and init.in_channels != in_channels:
         raise InputError(
             f"The starting model has {init.in_channels} channel(s) but the images have {in_channels}."
@@ -668,6 +675,7 @@ def train_from_files(
     if not inputs:
         raise InputError("Give at least one image or volume to train on.")
     out = check_training_output(out, inputs)
+    refuse_overwriting_a_checkpoint(out, resume)
     inputs, images, data_record = read_training_images(inputs, skip_bad=skip_bad, progress=progress)
     channels = {im.channels for im in images}
     if len(channels) > 1:

@@ -30,6 +30,7 @@ from labelfree.checkpoint import (
     checkpoint_path,
     load_checkpoint,
     random_states,
+    refuse_overwriting_a_checkpoint,
     restore_random_states,
     save_checkpoint,
 )
@@ -729,6 +730,7 @@ def train_from_files(
     if not paths:
         raise InputError("No training images were given; pass at least two files.")
     out = check_training_output(out, paths)
+    refuse_overwriting_a_checkpoint(out, resume)
     paths, loaded, data_record = read_training_images(paths, skip_bad=skip_bad, progress=progress)
     dims = {img.ndim for img in loaded}
     if len(dims) > 1:
