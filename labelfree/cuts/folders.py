@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from labelfree import __version__
 from labelfree.cohort import CohortResult, list_cases, run_cohort_steps
 from labelfree.errors import InputError
 from labelfree.io import Image, check_format_keeps_geometry, read_image, write_image, write_text
@@ -189,7 +190,9 @@ def segment_cohort_steps(
 
     parameters = {
         "method": "cuts segment",
-        "model": file_digest(model) if model is not None else "bundled",
+        "model": file_digest(model)
+        if model is not None
+        else f"bundled with labelfree {__version__}",
         "format": file_format,
         **options,
     }

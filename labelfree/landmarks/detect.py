@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from labelfree import __version__
 from labelfree.cohort import CohortResult, case_name, list_cases, run_cohort_steps
 from labelfree.devices import resolve_device
 from labelfree.errors import InputError, LabelFreeError, ModelFileError
@@ -330,7 +331,7 @@ def detect_cohort_steps(
     if isinstance(model, tuple):
         model_record: Any = {"in_memory": model[1]}
     elif model in (None, ""):
-        model, model_record = None, "bundled"
+        model, model_record = None, f"bundled with labelfree {__version__}"
     elif Path(model).is_file():
         model, model_record = Path(model), file_digest(model)
     else:
