@@ -14,11 +14,17 @@ to within float rounding. Only rank 0 writes files and progress.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from labelfree.errors import InputError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,26 @@ def device_for(world: World, device: torch.device) -> torch.device:
     if world.size > 1 and device.type == "cuda":
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return device
+
+
+def agree(world: World, work: Callable[[], T], device: torch.device | None = None) -> T:
+    """Run ``work()`` on every rank; if it fails on any rank, every rank stops.
+
+    Without this, a rank that fails alone (a file readable on one machine only) would leave
+    the others waiting in their first collective until the backend's timeout.
+    """
+    error = None
+    try:
+        value = work()
+    except Exception as err:  # noqa: BLE001 -- re-raised below, on every rank
+        error = err
+    if world.size > 1 and sum_over_ranks([error is not None], world, device)[0] and error is None:
+        raise InputError(
+            "Another process of this run stopped (see its message); nothing was trained."
+        )
+    if error is not None:
+        raise error
+    return value
 
 
 def average_gradients(model: torch.nn.Module, world: World) -> None:

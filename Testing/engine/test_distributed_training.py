@@ -67,3 +67,39 @@ def test_two_gloo_processes_train_as_one_process_does(images):
     assert sorted(p.name for p in folder.glob("two.json.rank*")) == ["two.json.rank0"]
     card = json.loads((folder / "two.card.json").read_text())
     assert card["world_size"] == 2 and not (folder / "two.ckpt").exists()
+
+
+FAILING_RANK = """
+import os, sys
+from labelfree import trainingdata
+from labelfree.errors import InputError
+from labelfree.cuts.train import train_from_files
+if os.environ.get("RANK") == "1":  # a file this machine cannot read
+    def unreadable(path):
+        raise InputError(f"{path} cannot be read on this machine")
+    trainingdata.read_image = unreadable
+try:
+    train_from_files(sys.argv[2:], sys.argv[1], epochs=1, device="cpu", batch_size=8)
+except InputError as err:
+    print(f"rank {os.environ.get('RANK')}: {err}", file=sys.stderr)
+    raise SystemExit(2)
+"""
+
+
+def test_a_rank_that_fails_alone_stops_every_rank_instead_of_hanging(images):
+    folder, paths = images
+    (folder / "failing.py").write_text(FAILING_RANK)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(  # a hang would end in the timeout, as a failure
+        [*torchrun, "2", "failing.py", "stopped.pt", *paths],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode != 0
+    assert "rank 0: Another process of this run stopped" in done.stderr
+    assert "cannot be read on this machine" in done.stderr
+    assert not (folder / "stopped.pt").exists()

@@ -87,6 +87,7 @@ from labelfree.devices import resolve_device
 from labelfree.distributed import (
     SINGLE,
     World,
+    agree,
     average_gradients,
     device_for,
     join,
@@ -672,30 +673,12 @@ def train_from_files(
     (:mod:`labelfree.checkpoint`), so a killed or cancelled run can continue with
     ``resume``; it is removed once the model is written.
     """
-    if not inputs:
-        raise InputError("Give at least one image or volume to train on.")
-    out = check_training_output(out, inputs)
-    refuse_overwriting_a_checkpoint(out, resume)
-    inputs, images, data_record = read_training_images(inputs, skip_bad=skip_bad, progress=progress)
-    channels = {im.channels for im in images}
-    if len(channels) > 1:
-        raise InputError("Mixed grayscale and RGB inputs; train one model per kind of image.")
-    in_channels = channels.pop()
-    init, normalisation = _initial_model(init_model, in_channels)
-    if normalisation is None:
-        normalisation = default_normalisation(in_channels)
-    arrays, data = [], []
-    for path, im in zip(inputs, images, strict=True):
-        ax = None
-        array = im.array
-        if im.ndim == 3:
-            ax = _slice_axis(im.spacing) if axis is None else int(axis)
-            if ax not in (0, 1, 2):
-                raise InputError(f"Slice axis must be 0, 1 or 2 (numpy z, y, x), not {ax}.")
-            array = np.moveaxis(array, ax, 0)
-        arrays.append(array)
-        data.append({"file": Path(path).name, "shape": list(im.array.shape), "slice_axis": ax})
     world = join(resolve_device(device))  # torchrun: this rank's place; else one process
+    out, inputs, data_record, in_channels, init, normalisation, arrays, data = agree(
+        world,
+        lambda: _prepare_files(inputs, out, resume, skip_bad, progress, init_model, axis),
+        device_for(world, resolve_device(device)),
+    )
     torch_device = device_for(world, resolve_device(device))
     result = train_cuts(
         arrays,
@@ -744,6 +727,34 @@ def train_from_files(
     written = save_cuts_model(out, result.model, result.config, model_card)
     checkpoint_path(out).unlink(missing_ok=True)  # the model is the result now
     return written
+
+
+def _prepare_files(inputs, out, resume, skip_bad, progress, init_model, axis):
+    """Everything train_from_files checks and reads before training (on every rank)."""
+    if not inputs:
+        raise InputError("Give at least one image or volume to train on.")
+    out = check_training_output(out, inputs)
+    refuse_overwriting_a_checkpoint(out, resume)
+    inputs, images, data_record = read_training_images(inputs, skip_bad=skip_bad, progress=progress)
+    channels = {im.channels for im in images}
+    if len(channels) > 1:
+        raise InputError("Mixed grayscale and RGB inputs; train one model per kind of image.")
+    in_channels = channels.pop()
+    init, normalisation = _initial_model(init_model, in_channels)
+    if normalisation is None:
+        normalisation = default_normalisation(in_channels)
+    arrays, data = [], []
+    for path, im in zip(inputs, images, strict=True):
+        ax = None
+        array = im.array
+        if im.ndim == 3:
+            ax = _slice_axis(im.spacing) if axis is None else int(axis)
+            if ax not in (0, 1, 2):
+                raise InputError(f"Slice axis must be 0, 1 or 2 (numpy z, y, x), not {ax}.")
+            array = np.moveaxis(array, ax, 0)
+        arrays.append(array)
+        data.append({"file": Path(path).name, "shape": list(im.array.shape), "slice_axis": ax})
+    return out, inputs, data_record, in_channels, init, normalisation, arrays, data
 
 
 def save_loss_plot(
