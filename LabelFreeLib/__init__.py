@@ -26,6 +26,13 @@ def resourcePath(*parts: str) -> Path:
     return path
 
 
+def modelPathOrNone(model) -> str | None:
+    """None for "the bundled model" (None, an empty or "." path), else the path as a string."""
+    if model is None or str(model).strip() in ("", "."):
+        return None
+    return str(model)
+
+
 def reloadPackages(*packageNames: str) -> list[str]:
     """Reload every loaded module of these packages, submodules first, then the packages.
 

@@ -267,11 +267,10 @@ def _merged(out_dir, cases, parameters, count) -> CohortResult | None:
 
 def shard_from_environment() -> tuple[int, int] | None:
     """``(RANK, WORLD_SIZE)`` under ``torchrun`` with several processes, else None."""
-    try:
-        rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    except (KeyError, ValueError):
-        return None
-    return (rank, size) if size > 1 and 0 <= rank < size else None
+    from labelfree.distributed import world_from_environment
+
+    world = world_from_environment()
+    return (world.rank, world.size) if world.size > 1 else None
 
 
 PARTIAL = 3

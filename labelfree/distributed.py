@@ -53,7 +53,7 @@ def world_from_environment() -> World:
         rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     except (KeyError, ValueError):
         return SINGLE
-    return World(rank, size) if size > 1 else SINGLE
+    return World(rank, size) if size > 1 and 0 <= rank < size else SINGLE
 
 
 def join(device: torch.device) -> World:

@@ -16,6 +16,24 @@ MEMORY_FACTOR = 4
 """Training holds about four float32 copies of its images (raw, normalised, stacked, batches)."""
 
 
+def begin_training(
+    out: str | os.PathLike,
+    paths: Sequence[str | os.PathLike],
+    *,
+    resume: str | os.PathLike | None = None,
+    skip_bad: bool = False,
+    progress: Callable[[Progress], None] | None = None,
+) -> tuple[Path, list[Path], list[Image], dict]:
+    """What both trainers do before training: check ``out``, keep a killed run's checkpoint,
+    read the images (:func:`read_training_images`). Returns ``out`` and what that returns."""
+    from labelfree.checkpoint import refuse_overwriting_a_checkpoint
+    from labelfree.modelfile import check_training_output
+
+    out = check_training_output(out, paths)
+    refuse_overwriting_a_checkpoint(out, resume)
+    return (out, *read_training_images(paths, skip_bad=skip_bad, progress=progress))
+
+
 def read_training_images(
     paths: Sequence[str | os.PathLike],
     *,

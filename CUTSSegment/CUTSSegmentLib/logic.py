@@ -37,6 +37,7 @@ from CUTSSegmentLib import export, segments
 from labelfree.errors import InputError
 from labelfree.io import Image
 from labelfree.progress import Progress, Steps, run_steps
+from LabelFreeLib import modelPathOrNone
 from LabelFreeLib.mrml import (
     createColorTableNode,
     createLabelmapNode,
@@ -159,7 +160,7 @@ class CUTSSegmentLogic:
         from labelfree.devices import resolve_device
 
         resolve_device(device)
-        load_cuts_model(_modelPathOrNone(model), channels=image.channels)
+        load_cuts_model(modelPathOrNone(model), channels=image.channels)
         return image
 
     def segmentSteps(
@@ -219,7 +220,7 @@ class CUTSSegmentLogic:
         if poolSize is not None:
             options["pool_size"] = int(poolSize)
         baseName = name or f"{inputVolumeNode.GetName()} CUTS"
-        return self._runSteps(inputVolumeNode, image, _modelPathOrNone(model), options, baseName)
+        return self._runSteps(inputVolumeNode, image, modelPathOrNone(model), options, baseName)
 
     @staticmethod
     def _checkOptions(method, k, axis) -> None:
@@ -378,14 +379,8 @@ class CUTSSegmentLogic:
         the "CUTS pick" effect to add structures to.
         """
         result = self._requireResult()
-        created = segmentationNode is None or segmentationNode.GetScene() is not self.scene
-        if created:
-            segmentationNode = segments.newSegmentationNode(
-                self.scene,
-                f"{result.inputVolumeNode.GetName()} CUTS picks",
-                result.labelmapNode,
-                result.inputVolumeNode,
-            )
+        if segmentationNode is None or segmentationNode.GetScene() is not self.scene:
+            segmentationNode = self._newPicksNode(result)
         segmentation = segmentationNode.GetSegmentation()
         number = segmentation.GetNumberOfSegments() + 1
         segmentId = segmentation.AddEmptySegment("", f"CUTS pick {number}")
@@ -411,15 +406,19 @@ class CUTSSegmentLogic:
             )
         return self._addSegment(result, mask, int(label), segmentationNode, name)
 
+    def _newPicksNode(self, result):
+        """The segmentation that picks go to: beside the input, on the label map's grid."""
+        return segments.newSegmentationNode(
+            self.scene,
+            f"{result.inputVolumeNode.GetName()} CUTS picks",
+            result.labelmapNode,
+            result.inputVolumeNode,
+        )
+
     def _addSegment(self, result, mask, label, segmentationNode, name):
         created = segmentationNode is None
         if created:
-            segmentationNode = segments.newSegmentationNode(
-                self.scene,
-                f"{result.inputVolumeNode.GetName()} CUTS picks",
-                result.labelmapNode,
-                result.inputVolumeNode,
-            )
+            segmentationNode = self._newPicksNode(result)
         color = distinctColors(max(label, 1))[max(label, 1) - 1]
         rgba = [0.0, 0.0, 0.0, 0.0]
         result.colorNode.GetColor(label, rgba)
@@ -472,7 +471,7 @@ class CUTSSegmentLogic:
             [volumePath],
             Path(workDir) / "result",
             python=python,
-            model=_modelPathOrNone(model),
+            model=modelPathOrNone(model),
             method=method,
             k=int(k),
             axis=axis,
@@ -528,7 +527,7 @@ class CUTSSegmentLogic:
             epochs=int(epochs),
             seed=int(seed),
             device=device,
-            init_model=_modelPathOrNone(initModel) or "default",
+            init_model=modelPathOrNone(initModel) or "default",
         )
 
     # -- export -------------------------------------------------------------------------------
@@ -546,13 +545,6 @@ class CUTSSegmentLogic:
             return export.exportSegmentationNode(segmentationNode, path)
         finally:
             removeNodes(self.scene, segmentationNode)
-
-
-def _modelPathOrNone(model) -> str | None:
-    """None for the bundled model (None or an empty path), else the path as a string."""
-    if model is None or str(model).strip() in ("", "."):
-        return None
-    return str(model)
 
 
 def _mapsOf(segmentation, method: str) -> tuple[list, list[int]]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from labelfree.cohort import list_cases
 from labelfree.errors import InputError
+from LabelFreeLib import modelPathOrNone
 
 
 def listVolumes(folder):
@@ -66,11 +67,10 @@ def batchDetectSteps(
 
     if isinstance(inputs, (str, Path)):
         inputs = listVolumes(inputs)
-    model = None if modelPath in (None, "") or str(modelPath).strip() in ("", ".") else modelPath
     return detect_cohort_steps(
         inputs,
         outputFolder,
-        model,
+        modelPathOrNone(modelPath),
         suffix=fileFormat,
         table=Path(outputFolder) / tableName,
         keep=keep,

@@ -11,6 +11,7 @@ import vtk
 
 from labelfree.errors import InputError, ModelFileError
 from labelfree.io import Image, lps_to_ras
+from LabelFreeLib import modelPathOrNone
 from LabelFreeLib.mrml import (
     imageVolumes,
     moduleParameterNode,
@@ -102,9 +103,7 @@ class LandmarkDiscoveryLogic:
         """
         self._checkVolumeNode(volumeNode)
         image, engineImage = self._images(volumeNode)
-        loaded = self._loadModel(
-            None if modelPath in (None, "") else Path(modelPath), engineImage.ndim
-        )
+        loaded = self._loadModel(_modelFile(modelPath), engineImage.ndim)
         return self._landmarksOf(image, engineImage, loaded, keep, minImportance, device)
 
     def _images(self, volumeNode):
@@ -163,7 +162,7 @@ class LandmarkDiscoveryLogic:
                 "The output must be a markups point list (vtkMRMLMarkupsFiducialNode)."
             )
         self._checkVolumeNode(volumeNode)
-        model = None if modelPath in (None, "") else Path(modelPath)
+        model = _modelFile(modelPath)
         return self._detectSteps(volumeNode, model, keep, minImportance, outputNode, device)
 
     def _detectSteps(self, volumeNode, model, keep, minImportance, outputNode, device):
@@ -328,9 +327,7 @@ class LandmarkDiscoveryLogic:
 
         markups_format("x" + fileFormat)
         listVolumes(inputFolder)
-        model = (
-            None if modelPath in (None, "") or str(modelPath).strip() in ("", ".") else modelPath
-        )
+        model = modelPathOrNone(modelPath)
         if model is not None and not Path(model).is_file():
             raise InputError(f"Landmark model not found: {model}. Choose a .pt model file.")
         return trainingCommand(
@@ -458,6 +455,12 @@ class LandmarkDiscoveryLogic:
                 snapshot.restore()
             raise
         return outputNode
+
+
+def _modelFile(modelPath) -> Path | None:
+    """The model file to load; None for the bundled model."""
+    path = modelPathOrNone(modelPath)
+    return None if path is None else Path(path)
 
 
 def _asEngineImage(image: Image) -> Image:

@@ -74,7 +74,6 @@ from labelfree.checkpoint import (
     checkpoint_path,
     load_checkpoint,
     random_states,
-    refuse_overwriting_a_checkpoint,
     restore_random_states,
     save_checkpoint,
 )
@@ -96,9 +95,8 @@ from labelfree.distributed import (
 )
 from labelfree.errors import InputError, LabelFreeError
 from labelfree.io import atomic_path
-from labelfree.modelfile import check_training_output
 from labelfree.progress import Progress, ProgressCallback, run_steps
-from labelfree.trainingdata import read_training_images
+from labelfree.trainingdata import begin_training
 
 HALF = RECEPTIVE_FIELD // 2
 _MIN_SAMPLES_PER_EPOCH = 128
@@ -733,9 +731,9 @@ def _prepare_files(inputs, out, resume, skip_bad, progress, init_model, axis):
     """Everything train_from_files checks and reads before training (on every rank)."""
     if not inputs:
         raise InputError("Give at least one image or volume to train on.")
-    out = check_training_output(out, inputs)
-    refuse_overwriting_a_checkpoint(out, resume)
-    inputs, images, data_record = read_training_images(inputs, skip_bad=skip_bad, progress=progress)
+    out, inputs, images, data_record = begin_training(
+        out, inputs, resume=resume, skip_bad=skip_bad, progress=progress
+    )
     channels = {im.channels for im in images}
     if len(channels) > 1:
         raise InputError("Mixed grayscale and RGB inputs; train one model per kind of image.")

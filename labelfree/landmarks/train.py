@@ -30,7 +30,6 @@ from labelfree.checkpoint import (
     checkpoint_path,
     load_checkpoint,
     random_states,
-    refuse_overwriting_a_checkpoint,
     restore_random_states,
     save_checkpoint,
 )
@@ -47,9 +46,8 @@ from labelfree.landmarks.model import (
 )
 from labelfree.landmarks.regressor import LandmarkRegressor, corner_landmarks
 from labelfree.landmarks.tps import tps_map, warp_image
-from labelfree.modelfile import check_training_output
 from labelfree.progress import Progress, ProgressCallback, run_steps
-from labelfree.trainingdata import read_training_images
+from labelfree.trainingdata import begin_training
 
 DEFAULT_INPUT_SIZE = {2: 128, 3: 48}
 # Std of the equivariance warps in input pixels: about the displacement between two images of
@@ -729,9 +727,9 @@ def train_from_files(
     paths = [Path(p) for p in inputs]
     if not paths:
         raise InputError("No training images were given; pass at least two files.")
-    out = check_training_output(out, paths)
-    refuse_overwriting_a_checkpoint(out, resume)
-    paths, loaded, data_record = read_training_images(paths, skip_bad=skip_bad, progress=progress)
+    out, paths, loaded, data_record = begin_training(
+        out, paths, resume=resume, skip_bad=skip_bad, progress=progress
+    )
     dims = {img.ndim for img in loaded}
     if len(dims) > 1:
         raise InputError("Training images mix 2-D and 3-D inputs; train one model per dimension.")
