@@ -103,3 +103,58 @@ def test_a_rank_that_fails_alone_stops_every_rank_instead_of_hanging(images):
     assert "rank 0: Another process of this run stopped" in done.stderr
     assert "cannot be read on this machine" in done.stderr
     assert not (folder / "stopped.pt").exists()
+
+
+LANDMARK_SCRIPT = """
+import os, sys
+from labelfree.landmarks import train
+real_save = train.save_landmark_model
+def save(*args, **kwargs):
+    open(sys.argv[1] + ".rank" + os.environ.get("RANK", "0"), "w").write("wrote")
+    return real_save(*args, **kwargs)
+train.save_landmark_model = save
+train.train_from_files(sys.argv[2:], sys.argv[1], n_landmarks=6, epochs=2, seed=0,
+                       input_size=64, device="cpu", batch_size=4, equivariance=1.0)
+"""
+
+
+@pytest.fixture(scope="module")
+def landmark_images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ddp_landmarks")
+    camera = transform.resize(data.camera(), (48, 48), anti_aliasing=True).astype(np.float32)
+    variants = [camera, camera[::-1], camera[:, ::-1], camera.T, np.rot90(camera), camera[::-1].T]
+    paths = []
+    for index, array in enumerate(variants):
+        image = Image(np.ascontiguousarray(array), (1.0, 1.0), (0.0, 0.0), np.eye(2))
+        paths.append(str(write_image(image, folder / f"{index}.nrrd")))
+    (folder / "train.py").write_text(LANDMARK_SCRIPT)
+    return folder, paths
+
+
+def test_landmark_training_on_two_gloo_processes_equals_one_process(landmark_images):
+    from labelfree.landmarks.model import load_landmark_model
+
+    folder, paths = landmark_images
+    _run([sys.executable, "train.py", "one.pt", *paths], folder)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
+    _run([*torchrun, "2", "train.py", "two.pt", *paths], folder)
+    one, two = (load_landmark_model(folder / name) for name in ("one.pt", "two.pt"))
+    # Each rank runs the network on its half of every batch's pairs (and equivariance
+    # images) with the whole batch's random draws: the gradients add up to one process's.
+    # The heatmap's bias has no true gradient (a softmax ignores a constant), so Adam turns
+    # float noise into steps of the learning rate: compare what the models do instead.
+    from labelfree.io import read_image
+    from labelfree.landmarks.model import predict_landmarks
+
+    for path in paths:
+        array = read_image(path).array
+        found = [predict_landmarks(model, config, array) for model, config, _ in (one, two)]
+        np.testing.assert_allclose(found[1], found[0], atol=1e-5)  # normalised units
+    weights = [model.state_dict()["heatmap.weight"].numpy() for model, _, _ in (one, two)]
+    np.testing.assert_allclose(weights[1], weights[0], rtol=1e-3, atol=1e-6)
+    assert not np.allclose(weights[0], 0)  # training moved the zero-initialised head
+    cards = [json.loads((folder / f"{name}.card.json").read_text()) for name in ("one", "two")]
+    assert [card["training"]["world_size"] for card in cards] == [1, 2]
+    assert cards[1]["final_loss"] == pytest.approx(cards[0]["final_loss"], rel=1e-4)
+    assert sorted(p.name for p in folder.glob("two.pt.rank*")) == ["two.pt.rank0"]
+    assert not (folder / "two.ckpt").exists()

@@ -162,6 +162,7 @@ def _read_all(paths: list[Path], skip_bad: bool = False):
 
 
 def _train(args: argparse.Namespace) -> int:
+    from labelfree.distributed import world_from_environment
     from labelfree.landmarks.redundancy import store_importance
     from labelfree.landmarks.train import train_from_files
 
@@ -181,6 +182,8 @@ def _train(args: argparse.Namespace) -> int:
         resume=args.resume,
         skip_bad=args.skip_bad,
     )
+    if not world_from_environment().main:
+        return 0  # under torchrun, rank 0 speaks for all and measures importance
     print(f"model: {out}")
     if args.importance_pairs == 0:
         return 0

@@ -34,6 +34,15 @@ from labelfree.checkpoint import (
     save_checkpoint,
 )
 from labelfree.devices import resolve_device
+from labelfree.distributed import (
+    SINGLE,
+    World,
+    agree,
+    average_gradients,
+    device_for,
+    join,
+    sum_over_ranks,
+)
 from labelfree.errors import InputError
 from labelfree.landmarks.loss import DEFAULT_LAMBDA, registration_loss
 from labelfree.landmarks.model import (
@@ -223,6 +232,8 @@ def equivariance_error(
     noise_std: float,
     generator: torch.Generator | None,
     shift_px: float = 0.0,
+    positions: Sequence[int] | None = None,
+    draws: int | None = None,
 ) -> torch.Tensor:
     """Mean squared landmark disagreement under a random smooth warp (normalised units).
 
@@ -241,22 +252,36 @@ def equivariance_error(
     sigma_px, noise_std, generator, shift_px
         Warp std in pixels, input noise std, source of randomness, std of the
         warp's global shift in pixels (:func:`random_warp_points`).
+    positions, draws : optional
+        Warps and noise are drawn for a batch of ``draws`` images (``B`` by default) of
+        which ``clean`` holds those at ``positions`` (all by default): a rank scoring its
+        share of a batch draws what one process draws for the whole batch.
 
     Returns
     -------
     Tensor
         Scalar: mean over images and landmarks of the squared distance.
     """
+    draws = clean.shape[0] if draws is None else draws
+    positions = list(range(draws)) if positions is None else list(positions)
     target, source = random_warp_points(
-        clean.shape[0], clean.shape[2:], sigma_px, generator, clean.dtype, shift_px
+        draws, clean.shape[2:], sigma_px, generator, clean.dtype, shift_px
     )
-    target, source = target.to(clean.device), source.to(clean.device)
+    target, source = target[positions].to(clean.device), source[positions].to(clean.device)
     inputs = warp_image(clean, target, source, field_stride=4)
     if noise_std > 0:
-        noise = torch.randn(inputs.shape, generator=generator, dtype=inputs.dtype)
-        inputs = inputs + noise_std * noise.to(inputs.device)
+        noise = torch.randn((draws, *clean.shape[1:]), generator=generator, dtype=inputs.dtype)
+        inputs = inputs + noise_std * noise[positions].to(inputs.device)
     mapped = tps_map(model.control_points(inputs), target, source)
     return (mapped - points).pow(2).sum(-1).mean()
+
+
+def _share(world: World, count: int) -> tuple[list[int], float]:
+    """This rank's positions among ``count`` items and the weight that makes the ranks'
+    shares of a mean add up to the whole mean once gradients are averaged. A rank left
+    without items scores item 0 with weight 0, so every rank runs the same steps."""
+    mine = world.share(count)
+    return (mine or [0]), len(mine) * world.size / count
 
 
 def _pair_loss(
@@ -275,35 +300,64 @@ def _pair_loss(
     equivariance: float = 0.0,
     equivariance_px: float = 4.0,
     equivariance_shift_px: float = 0.0,
+    world: World = SINGLE,
 ):
+    """The training loss of the pairs ``src[i] -> tgt[i]``, or this rank's weighted share.
+
+    Every rank draws the whole batch's warps and noise from ``generator`` and runs the
+    network on the images of its share of the pairs (and of the equivariance images)
+    only; the network has no batch statistics, so the shares' gradients add up to the
+    whole batch's.
+    """
     unique, inverse = np.unique(np.concatenate([src, tgt]), return_inverse=True)
+    pairs, pair_weight = _share(world, len(src))
+    scored, scored_weight = _share(world, len(unique)) if equivariance > 0 else ([], 0.0)
+    sources, targets = inverse[pairs], inverse[len(src) + np.array(pairs)]
+    needed = sorted({*sources, *targets, *scored})
     clean = stack[unique]
     if augment_px > 0:
-        clean = random_warps(clean, augment_px, generator)
+        target, source = random_warp_points(
+            len(unique), clean.shape[2:], augment_px, generator, clean.dtype
+        )
+        target, source = target[needed].to(clean.device), source[needed].to(clean.device)
+        clean = warp_image(clean[needed], target, source, field_stride=4)
+    else:
+        clean = clean[needed]
     inputs = clean
     if noise_std > 0:
-        noise = torch.randn(inputs.shape, generator=generator, dtype=inputs.dtype)
-        inputs = inputs + noise_std * noise.to(inputs.device)
+        noise = torch.randn((len(unique), *clean.shape[1:]), generator=generator)[needed]
+        inputs = inputs + noise_std * noise.to(inputs.dtype).to(inputs.device)
     points = model.control_points(inputs)
-    where = torch.as_tensor(inverse, device=points.device)
-    lm_s, lm_t = points[where[: len(src)]], points[where[len(src) :]]
+    at = {image: row for row, image in enumerate(needed)}  # unique position -> row
+    rows_s = torch.as_tensor([at[i] for i in sources], device=points.device)
+    rows_t = torch.as_tensor([at[i] for i in targets], device=points.device)
     terms = registration_loss(
-        clean[where[: len(src)]],
-        clean[where[len(src) :]],
-        lm_s,
-        lm_t,
+        clean[rows_s],
+        clean[rows_t],
+        points[rows_s],
+        points[rows_t],
         lam=lam,
         ridge=ridge,
         match=match,
         field_stride=field_stride,
         bending=bending,
     )
+    terms.total, terms.match = terms.total * pair_weight, terms.match * pair_weight
     if equivariance > 0:
+        rows = torch.as_tensor([at[i] for i in scored], device=points.device)
         error = equivariance_error(
-            model, clean, points, equivariance_px, noise_std, generator, equivariance_shift_px
+            model,
+            clean[rows],
+            points[rows],
+            equivariance_px,
+            noise_std,
+            generator,
+            equivariance_shift_px,
+            positions=scored,
+            draws=len(unique),
         )
         terms.equivariance = error
-        terms.total = terms.total + equivariance * error
+        terms.total = terms.total + equivariance * scored_weight * error
     return terms
 
 
@@ -315,7 +369,7 @@ def train_landmarks_steps(
     input_size: int | None = None,
     epochs: int = 100,
     seed: int = 0,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     batch_size: int = 16,
     learning_rate: float = 1e-3,
     lam: float = DEFAULT_LAMBDA,
@@ -336,6 +390,7 @@ def train_landmarks_steps(
     prior_fade: float | None = 0.25,
     checkpoint: str | os.PathLike | None = None,
     resume: str | os.PathLike | None = None,
+    world: World = SINGLE,
 ) -> Generator[Progress, None, TrainResult]:
     """Train a landmark regressor, step by step.
 
@@ -354,7 +409,7 @@ def train_landmarks_steps(
         Passes over the training images (each image is a source once per epoch).
     seed : int
         Seeds the initialisation, the split, the pairs and the noise.
-    device : str
+    device : str or torch.device
         ``"cpu"``, ``"cuda"`` or ``"auto"``.
     batch_size : int
         Pairs per step.
@@ -409,6 +464,13 @@ def train_landmarks_steps(
         checkpoints are kept only after that. None keeps it whole. A full
         prior pulls every landmark towards a fixed point, so landmarks follow
         the content by less than it moves (about 0.9 px per px in 2-D).
+    checkpoint : path-like, optional
+        Where rank 0 writes the run's state after every epoch (:mod:`labelfree.checkpoint`).
+    resume : path-like, optional
+        A checkpoint of this run to continue from.
+    world : World
+        This process's place among torchrun's ranks (:mod:`labelfree.distributed`):
+        every rank draws the same batches and scores its share of each.
 
     Yields
     ------
@@ -436,9 +498,9 @@ def train_landmarks_steps(
     fingerprint = {  # what a resumed run must share; the data is added once prepared
         key: list(value) if isinstance(value, tuple) else value
         for key, value in arguments.items()
-        if key not in ("images", "device", "checkpoint", "resume")
+        if key not in ("images", "device", "checkpoint", "resume", "world")
     }
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(device) if isinstance(device, str) else device
     start_wall, start_cpu = time.perf_counter(), time.process_time()
     yield Progress(0.0, "preparing images")
     stack = prepare_stack(images, ndim, input_size).to(torch_device)
@@ -509,13 +571,21 @@ def train_landmarks_steps(
                 equivariance,
                 equivariance_px,
                 equivariance_shift_px,
+                world,
             )
             optimiser.zero_grad(set_to_none=True)
-            if torch.isfinite(terms.total):
+            # Every rank skips a step that is not finite on any rank, so the models stay equal.
+            value, bad = sum_over_ranks(
+                [float(terms.total.detach()), not torch.isfinite(terms.total)],
+                world,
+                torch_device,
+            )
+            if not bad:
                 terms.total.backward()
+                average_gradients(model, world)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
                 optimiser.step()
-                losses.append(float(terms.total.detach()))
+                losses.append(value / world.size)
             else:
                 skipped += 1
             schedule.step()
@@ -529,6 +599,7 @@ def train_landmarks_steps(
             stack,
             val_pairs,
             seed + 3,
+            world,
             lam=lam,
             ridge=ridge,
             match=match,
@@ -543,7 +614,7 @@ def train_landmarks_steps(
         history["val_match"].append(val_match)
         if prior_final and val_total < best[0]:
             best = (val_total, epoch, copy.deepcopy(model.state_dict()))
-        if checkpoint is not None:
+        if checkpoint is not None and world.main:
             state = {
                 "epoch": epoch,
                 "step": step,
@@ -582,6 +653,7 @@ def train_landmarks_steps(
         "steps": total_steps,
         "skipped_steps": skipped,
         "device": str(torch_device),
+        "world_size": world.size,
     }
     return TrainResult(
         regressor=model,
@@ -621,24 +693,31 @@ def _prior_fader(model: LandmarkRegressor, fraction: float | None, total_steps: 
 
 
 def _validate(
-    model: LandmarkRegressor, stack: torch.Tensor, val_pairs: list, seed: int, **loss: Any
+    model: LandmarkRegressor,
+    stack: torch.Tensor,
+    val_pairs: list,
+    seed: int,
+    world: World = SINGLE,
+    **loss: Any,
 ) -> tuple[float, float]:
     """Mean loss and match term over fixed validation pairs, without input noise.
 
     The loss is the training objective (``loss``: :func:`_pair_loss` keywords), so
     that the kept checkpoint is the best at what training asks for; the
-    equivariance warps come from ``seed``, the same every epoch.
+    equivariance warps come from ``seed``, the same every epoch. Under torchrun each
+    rank scores its share of every pair batch and the sums are reduced.
     """
     model.eval()
     generator = torch.Generator().manual_seed(seed)
     totals, matches, counts = 0.0, 0.0, 0
     with torch.no_grad():
         for src, tgt in val_pairs:
-            terms = _pair_loss(model, stack, src, tgt, 0.0, generator, **loss)
+            terms = _pair_loss(model, stack, src, tgt, 0.0, generator, world=world, **loss)
             totals += float(terms.total) * len(src)
             matches += float(terms.match) * len(src)
             counts += len(src)
-    return totals / counts, matches / counts
+    totals, matches = sum_over_ranks([totals, matches], world, stack.device) / world.size
+    return float(totals) / counts, float(matches) / counts
 
 
 def train_landmarks(
@@ -724,16 +803,11 @@ def train_from_files(
         The model file.
     """
 
-    paths = [Path(p) for p in inputs]
-    if not paths:
-        raise InputError("No training images were given; pass at least two files.")
-    out, paths, loaded, data_record = begin_training(
-        out, paths, resume=resume, skip_bad=skip_bad, progress=progress
+    world = join(resolve_device(device))  # torchrun: this rank's place; else one process
+    torch_device = device_for(world, resolve_device(device))
+    out, paths, loaded, data_record, ndim = agree(
+        world, lambda: _prepare_files(inputs, out, resume, skip_bad, progress), torch_device
     )
-    dims = {img.ndim for img in loaded}
-    if len(dims) > 1:
-        raise InputError("Training images mix 2-D and 3-D inputs; train one model per dimension.")
-    ndim = dims.pop()
     result = train_landmarks(
         [img.array for img in loaded],
         ndim=ndim,
@@ -741,12 +815,15 @@ def train_from_files(
         input_size=input_size,
         epochs=epochs,
         seed=seed,
-        device=device,
-        progress=progress,
+        device=torch_device,
+        progress=progress if world.main else None,
         checkpoint=checkpoint_path(out),
         resume=resume,
+        world=world,
         **kwargs,
     )
+    if not world.main:
+        return out  # rank 0 writes the model, its card and plot
     sizes = sorted({tuple(int(s) for s in img.spatial_shape) for img in loaded})
     spacings = sorted({tuple(round(s, 4) for s in img.spacing) for img in loaded})
     full_card = {
@@ -777,3 +854,17 @@ def train_from_files(
     plot_loss_curve(result.history, out.with_name(out.stem + ".loss.png"))
     checkpoint_path(out).unlink(missing_ok=True)  # the model is the result now
     return out
+
+
+def _prepare_files(inputs, out, resume, skip_bad, progress):
+    """Everything train_from_files checks and reads before training (on every rank)."""
+    paths = [Path(p) for p in inputs]
+    if not paths:
+        raise InputError("No training images were given; pass at least two files.")
+    out, paths, loaded, data_record = begin_training(
+        out, paths, resume=resume, skip_bad=skip_bad, progress=progress
+    )
+    dims = {img.ndim for img in loaded}
+    if len(dims) > 1:
+        raise InputError("Training images mix 2-D and 3-D inputs; train one model per dimension.")
+    return out, paths, loaded, data_record, dims.pop()
