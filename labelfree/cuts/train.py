@@ -82,6 +82,7 @@ from labelfree.cuts.encoder import PATCH, RECEPTIVE_FIELD
 from labelfree.cuts.mining import Pairs, mine_pairs
 from labelfree.cuts.model import CutsModel, load_cuts_model, save_cuts_model
 from labelfree.cuts.normalise import default_normalisation, normalise
+from labelfree.cuts.slicestore import SliceStore
 from labelfree.devices import resolve_device
 from labelfree.distributed import (
     SINGLE,
@@ -151,41 +152,74 @@ def _as_slices(
     slices: list[np.ndarray] = []
     skipped = 0
     for i, array in enumerate(images):
-        array = np.asarray(array)
-        if in_channels == 3:
-            if array.ndim != 3 or array.shape[-1] != 3:
-                raise InputError(
-                    f"Image {i} has shape {array.shape}; an RGB model trains on (y, x, 3) "
-                    "images. Use a grayscale model for scalar images and volumes."
-                )
-            stack = normalise(array, normalisation).transpose(2, 0, 1)[None]
-        elif array.ndim == 2:
-            stack = normalise(array, normalisation)[None, None]
-        elif array.ndim == 3:
-            if array.shape[-1] in (3, 4):
-                raise InputError(
-                    f"Image {i} of shape {array.shape} looks like an RGB image but the model "
-                    "is grayscale; train an RGB model (in_channels=3)."
-                )
-            stack = np.moveaxis(normalise(array, normalisation), axis, 0)[:, None]
-        else:
-            raise InputError(
-                f"Image {i} has shape {array.shape}; give 2-D images (y, x), RGB (y, x, 3) "
-                "or volumes (z, y, x)."
-            )
-        if min(stack.shape[-2:]) < RECEPTIVE_FIELD:
-            raise InputError(
-                f"Image {i} gives {stack.shape[-2]} x {stack.shape[-1]} slices; CUTS needs at "
-                f"least {RECEPTIVE_FIELD} x {RECEPTIVE_FIELD} (its receptive field)."
-            )
-        for s in stack:
-            if float(s.std()) < 1e-3:
-                skipped += 1
-            else:
-                slices.append(np.ascontiguousarray(s, dtype=np.float32))
+        stack, constant = image_slices(array, in_channels, normalisation, axis, name=f"Image {i}")
+        slices.extend(stack)
+        skipped += constant
     if not slices:
         raise InputError("Every slice is constant; there is nothing to learn from these images.")
     return slices, skipped
+
+
+def image_slices(
+    array: np.ndarray,
+    in_channels: int,
+    normalisation: dict[str, Any],
+    axis: int = 0,
+    *,
+    name: str = "The image",
+) -> tuple[np.ndarray, int]:
+    """One image's normalised, non-constant training slices.
+
+    Parameters
+    ----------
+    array : ndarray
+        ``(y, x)``, RGB ``(y, x, 3)`` (with ``in_channels=3``) or a volume ``(z, y, x)``
+        sliced along numpy ``axis``; normalised as a whole.
+    in_channels : int
+        1 or 3.
+    normalisation : dict
+        See :mod:`labelfree.cuts.normalise`.
+    axis : int
+        Slicing axis of a volume.
+    name : str
+        How error messages name the image.
+
+    Returns
+    -------
+    stack : ndarray
+        ``(S, C, H, W)`` float32 slices whose std is at least 1e-3.
+    skipped : int
+        Constant slices left out.
+    """
+    array = np.asarray(array)
+    if in_channels == 3:
+        if array.ndim != 3 or array.shape[-1] != 3:
+            raise InputError(
+                f"{name} has shape {array.shape}; an RGB model trains on (y, x, 3) "
+                "images. Use a grayscale model for scalar images and volumes."
+            )
+        stack = normalise(array, normalisation).transpose(2, 0, 1)[None]
+    elif array.ndim == 2:
+        stack = normalise(array, normalisation)[None, None]
+    elif array.ndim == 3:
+        if array.shape[-1] in (3, 4):
+            raise InputError(
+                f"{name} of shape {array.shape} looks like an RGB image but the model "
+                "is grayscale; train an RGB model (in_channels=3)."
+            )
+        stack = np.moveaxis(normalise(array, normalisation), axis, 0)[:, None]
+    else:
+        raise InputError(
+            f"{name} has shape {array.shape}; give 2-D images (y, x), RGB (y, x, 3) "
+            "or volumes (z, y, x)."
+        )
+    if min(stack.shape[-2:]) < RECEPTIVE_FIELD:
+        raise InputError(
+            f"{name} gives {stack.shape[-2]} x {stack.shape[-1]} slices; CUTS needs at "
+            f"least {RECEPTIVE_FIELD} x {RECEPTIVE_FIELD} (its receptive field)."
+        )
+    varied = [float(s.std()) >= 1e-3 for s in stack]
+    return np.ascontiguousarray(stack[varied], dtype=np.float32), len(varied) - sum(varied)
 
 
 def _split(n: int, val_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -335,7 +369,7 @@ def _validate(
 
 
 def train_cuts_steps(
-    images: Sequence[np.ndarray],
+    images: Sequence[np.ndarray] | SliceStore,
     *,
     in_channels: int,
     normalisation: dict[str, Any] | None = None,
@@ -362,10 +396,11 @@ def train_cuts_steps(
 
     Parameters
     ----------
-    images : sequence of ndarray
+    images : sequence of ndarray, or SliceStore
         Raw intensities: 2-D images ``(y, x)``, RGB ``(y, x, 3)`` (with
         ``in_channels=3``) or volumes ``(z, y, x)`` sliced along ``axis``.
-        Each is normalised as a whole with ``normalisation``.
+        Each is normalised as a whole with ``normalisation``. Or slices already
+        normalised that way, on disk (what :func:`train_from_files` streams).
     in_channels : int
         1 or 3.
     normalisation : dict, optional
@@ -436,7 +471,16 @@ def train_cuts_steps(
     device = resolve_device(device) if isinstance(device, str) else device
 
     yield Progress(0.0, "preparing slices")
-    slices, skipped = _as_slices(images, in_channels, normalisation, axis)
+    if isinstance(images, SliceStore):
+        if (images.in_channels, images.normalisation) != (in_channels, dict(normalisation)):
+            raise InputError("The stored slices were prepared for another model; prepare again.")
+        slices, skipped = images.slices, images.skipped
+        if not slices:
+            raise InputError(
+                "Every slice is constant; there is nothing to learn from these images."
+            )
+    else:
+        slices, skipped = _as_slices(images, in_channels, normalisation, axis)
     train_idx, val_idx = _split(len(slices), val_fraction, np.random.default_rng([seed, 1]))
     val_rng = np.random.default_rng([seed, 2])
     val_pairs = [mine_pairs(slices[i][None], val_rng, n_anchors=n_anchors) for i in val_idx]
@@ -588,7 +632,10 @@ def train_cuts_steps(
 
 
 def train_cuts(
-    images: Sequence[np.ndarray], *, progress: ProgressCallback | None = None, **kwargs: Any
+    images: Sequence[np.ndarray] | SliceStore,
+    *,
+    progress: ProgressCallback | None = None,
+    **kwargs: Any,
 ) -> TrainResult:
     """Run :func:`train_cuts_steps` to completion; same arguments, plus ``progress``."""
     return run_steps(train_cuts_steps(images, **kwargs), progress)
@@ -672,28 +719,30 @@ def train_from_files(
     ``resume``; it is removed once the model is written.
     """
     world = join(resolve_device(device))  # torchrun: this rank's place; else one process
-    out, inputs, data_record, in_channels, init, normalisation, arrays, data = agree(
-        world,
-        lambda: _prepare_files(inputs, out, resume, skip_bad, progress, init_model, axis),
-        device_for(world, resolve_device(device)),
-    )
     torch_device = device_for(world, resolve_device(device))
-    result = train_cuts(
-        arrays,
-        in_channels=in_channels,
-        normalisation=normalisation,
-        epochs=epochs,
-        seed=seed,
-        crop=crop,
-        batch_size=batch_size,
-        samples_per_epoch=samples_per_epoch,
-        device=torch_device,
-        init=init,
-        progress=progress if world.main else None,
-        checkpoint=checkpoint_path(out),
-        resume=resume,
-        world=world,
+    out, inputs, data_record, prepared = agree(
+        world,
+        lambda: _prepare_files(inputs, out, resume, skip_bad, progress, init_model, axis, world),
+        torch_device,
     )
+    with prepared.store as store:  # the slices on disk go once the model is trained
+        result = train_cuts(
+            store,
+            in_channels=store.in_channels,
+            normalisation=store.normalisation,
+            epochs=epochs,
+            seed=seed,
+            crop=crop,
+            batch_size=batch_size,
+            samples_per_epoch=samples_per_epoch,
+            device=torch_device,
+            init=prepared.init,
+            progress=progress if world.main else None,
+            checkpoint=checkpoint_path(out),
+            resume=resume,
+            world=world,
+        )
+    normalisation, data = prepared.store.normalisation, prepared.data
     if not world.main:
         return out  # rank 0 writes the model, its card and plot
     last = result.history[-1]
@@ -727,32 +776,68 @@ def train_from_files(
     return written
 
 
-def _prepare_files(inputs, out, resume, skip_bad, progress, init_model, axis):
-    """Everything train_from_files checks and reads before training (on every rank)."""
-    if not inputs:
-        raise InputError("Give at least one image or volume to train on.")
-    out, inputs, images, data_record = begin_training(
-        out, inputs, resume=resume, skip_bad=skip_bad, progress=progress
-    )
-    channels = {im.channels for im in images}
-    if len(channels) > 1:
-        raise InputError("Mixed grayscale and RGB inputs; train one model per kind of image.")
-    in_channels = channels.pop()
-    init, normalisation = _initial_model(init_model, in_channels)
-    if normalisation is None:
-        normalisation = default_normalisation(in_channels)
-    arrays, data = [], []
-    for path, im in zip(inputs, images, strict=True):
-        ax = None
-        array = im.array
-        if im.ndim == 3:
-            ax = _slice_axis(im.spacing) if axis is None else int(axis)
+class _SlicePreparer:
+    """Each training file's normalised slices into a :class:`SliceStore`, one file at a time.
+
+    The first image decides the channel count and with it the normalisation (the starting
+    model's, if there is one); an image of the other kind is refused by name.
+    """
+
+    def __init__(self, folder: Path, init_model: Any, axis: int | None):
+        self.folder, self.init_model, self.axis = folder, init_model, axis
+        self.store: SliceStore | None = None
+        self.init: CutsModel | None = None
+        self.data: list[dict[str, Any]] = []
+
+    def __call__(self, path: Path, image) -> None:
+        if self.store is None:
+            self.init, normalisation = _initial_model(self.init_model, image.channels)
+            normalisation = normalisation or default_normalisation(image.channels)
+            self.store = SliceStore(self.folder, image.channels, normalisation)
+        elif image.channels != self.store.in_channels:
+            kinds = {1: "grayscale", 3: "RGB"}
+            raise InputError(
+                f"Mixed grayscale and RGB inputs: this one is {kinds[image.channels]} and the "
+                f"first is {kinds[self.store.in_channels]}; train one model per kind of image."
+            )
+        ax, array = None, image.array
+        if image.ndim == 3:
+            ax = _slice_axis(image.spacing) if self.axis is None else int(self.axis)
             if ax not in (0, 1, 2):
                 raise InputError(f"Slice axis must be 0, 1 or 2 (numpy z, y, x), not {ax}.")
             array = np.moveaxis(array, ax, 0)
-        arrays.append(array)
-        data.append({"file": Path(path).name, "shape": list(im.array.shape), "slice_axis": ax})
-    return out, inputs, data_record, in_channels, init, normalisation, arrays, data
+        stack, skipped = image_slices(
+            array, self.store.in_channels, self.store.normalisation, name=path.name
+        )
+        self.store.add(stack, skipped)
+        self.data.append({"file": path.name, "shape": list(image.array.shape), "slice_axis": ax})
+
+
+def _prepare_files(inputs, out, resume, skip_bad, progress, init_model, axis, world):
+    """Everything train_from_files checks and reads before training (on every rank)."""
+    if not inputs:
+        raise InputError("Give at least one image or volume to train on.")
+    scratch = Path(out).absolute().with_name(f".{Path(out).name}.slices-rank{world.rank}")
+    prepared = _SlicePreparer(scratch, init_model, axis)
+    try:
+        out, inputs, _, data_record = begin_training(
+            out,
+            inputs,
+            prepared,
+            scratch=scratch,
+            resume=resume,
+            skip_bad=skip_bad,
+            progress=progress if world.main else None,
+        )
+        if not prepared.store.slices:
+            raise InputError(
+                "Every slice is constant; there is nothing to learn from these images."
+            )
+    except BaseException:
+        if prepared.store is not None:
+            prepared.store.remove()
+        raise
+    return out, inputs, data_record, prepared
 
 
 def save_loss_plot(

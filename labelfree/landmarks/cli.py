@@ -155,10 +155,19 @@ class _Reporter:
             print(f"[{100 * report.fraction:5.1f}%] {report.message}", file=sys.stderr)
 
 
-def _read_all(paths: list[Path], skip_bad: bool = False):
+def _read_prepared(paths: list[Path], model, skip_bad: bool = False) -> list:
+    """The images at ``model``'s input size, read one at a time (a cohort may not fit in
+    memory whole); the same arrays importance would make of the full images."""
+    from labelfree.landmarks.model import load_landmark_model
+    from labelfree.landmarks.train import prepare_training_image
     from labelfree.trainingdata import read_training_images
 
-    return read_training_images(paths, skip_bad=skip_bad)[1]
+    _, config, _ = load_landmark_model(model)
+
+    def prepare(path, image):
+        return prepare_training_image(image, config["ndim"], config["input_size"]).array
+
+    return read_training_images(paths, prepare, skip_bad=skip_bad)[1]
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -188,7 +197,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.importance_pairs == 0:
         return 0
     try:
-        images = _read_all(paths, skip_bad=args.skip_bad)
+        images = _read_prepared(paths, out, skip_bad=args.skip_bad)
         importance = store_importance(out, images, args.importance_pairs, args.seed)
     except LabelFreeError as err:
         # The trained model is worth keeping; importance can be measured later.
@@ -249,7 +258,7 @@ def _importance(args: argparse.Namespace) -> int:
     from labelfree.landmarks.detect import landmark_names
     from labelfree.landmarks.redundancy import store_importance
 
-    images = _read_all(list_cases(args.inputs))
+    images = _read_prepared(list_cases(args.inputs), args.model)
     importance = store_importance(args.model, images, args.pairs, args.seed, method=args.method)
     names = landmark_names(len(importance))
     ranked = sorted(enumerate(importance), key=lambda kv: -kv[1])

@@ -115,12 +115,61 @@ def _check_sizes(n_landmarks: int, ndim: int, input_size: int, fixed_corners: bo
         )
 
 
-def prepare_stack(images: Sequence[np.ndarray], ndim: int, input_size: int) -> torch.Tensor:
+@dataclass(frozen=True)
+class PreparedImage:
+    """What landmark training keeps of a training file: the network's input, and for the
+    card the file's shape and spacing."""
+
+    array: np.ndarray
+    shape: tuple[int, ...]
+    spacing: tuple[float, ...]
+
+
+def prepare_training_image(image, ndim: int | None, input_size: int | None) -> PreparedImage:
+    """An image as the network sees it in training (grey, resampled to ``input_size`` per
+    axis, or the default for its dimension, and whitened), with its shape and spacing.
+
+    Parameters
+    ----------
+    image : labelfree.io.Image
+        A training image.
+    ndim : int, optional
+        The dimension the other images have (None: the image's own).
+    input_size : int, optional
+        The model's input size.
+
+    Raises
+    ------
+    InputError
+        The image's dimension is not ``ndim``, or its intensities cannot be used.
+    """
+    if ndim is not None and image.ndim != ndim:
+        raise InputError(
+            f"Training images mix 2-D and 3-D inputs (this one is {image.ndim}-D, the first "
+            f"{ndim}-D); train one model per dimension."
+        )
+    size = input_size or DEFAULT_INPUT_SIZE[image.ndim]
+    array = whiten(resample(as_scalar_array(image.array, image.ndim), size))
+    return PreparedImage(
+        array,
+        tuple(int(s) for s in image.spatial_shape),
+        tuple(float(s) for s in image.spacing),
+    )
+
+
+def prepare_stack(
+    images: Sequence[np.ndarray | PreparedImage], ndim: int, input_size: int
+) -> torch.Tensor:
     """Resample and whiten images into a ``(N, 1, *input)`` float32 tensor."""
     if len(images) == 0:
         raise InputError("No training images were given; pass at least two.")
     prepared = []
     for i, image in enumerate(images):
+        if isinstance(image, PreparedImage):
+            if image.array.shape != (input_size,) * ndim:
+                raise InputError(f"Training image {i} was prepared for another input size.")
+            prepared.append(image.array)
+            continue
         try:
             array = as_scalar_array(image, ndim)
         except InputError as err:
@@ -396,9 +445,10 @@ def train_landmarks_steps(
 
     Parameters
     ----------
-    images : sequence of ndarray
+    images : sequence of ndarray or PreparedImage
         Training images, ``(y, x)`` (RGB is made grey) or ``(z, y, x)``, any
-        sizes (each is resampled to ``input_size`` per axis).
+        sizes (each is resampled to ``input_size`` per axis), or already prepared
+        (:func:`prepare_training_image`, as :func:`train_from_files` streams them).
     ndim : int
         2 or 3.
     n_landmarks : int
@@ -805,11 +855,13 @@ def train_from_files(
 
     world = join(resolve_device(device))  # torchrun: this rank's place; else one process
     torch_device = device_for(world, resolve_device(device))
-    out, paths, loaded, data_record, ndim = agree(
-        world, lambda: _prepare_files(inputs, out, resume, skip_bad, progress), torch_device
+    out, paths, kept, data_record, ndim = agree(
+        world,
+        lambda: _prepare_files(inputs, out, resume, skip_bad, progress, input_size, world),
+        torch_device,
     )
     result = train_landmarks(
-        [img.array for img in loaded],
+        kept,
         ndim=ndim,
         n_landmarks=n_landmarks,
         input_size=input_size,
@@ -824,8 +876,8 @@ def train_from_files(
     )
     if not world.main:
         return out  # rank 0 writes the model, its card and plot
-    sizes = sorted({tuple(int(s) for s in img.spatial_shape) for img in loaded})
-    spacings = sorted({tuple(round(s, 4) for s in img.spacing) for img in loaded})
+    sizes = sorted({k.shape for k in kept})
+    spacings = sorted({tuple(round(s, 4) for s in k.spacing) for k in kept})
     full_card = {
         "trained_on": {
             "n_images": len(paths),
@@ -856,15 +908,26 @@ def train_from_files(
     return out
 
 
-def _prepare_files(inputs, out, resume, skip_bad, progress):
+def _prepare_files(inputs, out, resume, skip_bad, progress, input_size, world):
     """Everything train_from_files checks and reads before training (on every rank)."""
     paths = [Path(p) for p in inputs]
     if not paths:
         raise InputError("No training images were given; pass at least two files.")
-    out, paths, loaded, data_record = begin_training(
-        out, paths, resume=resume, skip_bad=skip_bad, progress=progress
+    dims: list[int] = []
+
+    def prepare(path: Path, image) -> PreparedImage:
+        kept = prepare_training_image(image, dims[0] if dims else None, input_size)
+        dims.append(image.ndim)
+        return kept
+
+    out, paths, kept, data_record = begin_training(
+        out,
+        paths,
+        prepare,
+        # the resampled copy and its whitened stack, float32
+        resident_bytes=lambda d: 2 * 4 * (input_size or DEFAULT_INPUT_SIZE.get(d, 48)) ** d,
+        resume=resume,
+        skip_bad=skip_bad,
+        progress=progress if world.main else None,
     )
-    dims = {img.ndim for img in loaded}
-    if len(dims) > 1:
-        raise InputError("Training images mix 2-D and 3-D inputs; train one model per dimension.")
-    return out, paths, loaded, data_record, dims.pop()
+    return out, paths, kept, data_record, dims[0]
