@@ -13,9 +13,8 @@ import torch
 
 from labelfree.cuts.embed import embed_slices
 from labelfree.cuts.model import CutsModel, model_config, save_cuts_model
+from labelfree.cuts.stages.tiles import HALO, content_box
 from labelfree.cuts.volume import (
-    HALO,
-    _content_box,
     choose_axis,
     estimate_memory,
     segment_volume,
@@ -132,7 +131,7 @@ def test_cropping_to_content_is_exact(grey_model):
     model, _, _ = load_cuts_model(grey_model, 1)
     plane = np.full((40, 44), -1.0, dtype=np.float32)
     plane[15:22, 20:30] = np.linspace(-0.5, 0.9, 10, dtype=np.float32)
-    rows, cols = _content_box(plane != -1.0, plane.shape)
+    rows, cols = content_box(plane != -1.0, plane.shape)
     assert (rows.start, rows.stop, cols.start, cols.stop) == (
         15 - HALO,
         22 + HALO,
@@ -147,9 +146,9 @@ def test_cropping_to_content_is_exact(grey_model):
 def test_content_box_is_at_least_the_receptive_field():
     content = np.zeros((30, 30), bool)
     content[0, 0] = True
-    rows, cols = _content_box(content, content.shape)
+    rows, cols = content_box(content, content.shape)
     assert rows.stop - rows.start == 17 and cols.stop - cols.start == 17
-    assert _content_box(np.zeros((30, 30), bool), (30, 30)) is None
+    assert content_box(np.zeros((30, 30), bool), (30, 30)) is None
 
 
 def test_choose_axis_reads_the_direction_matrix():
@@ -309,21 +308,21 @@ def test_constant_background_is_one_cluster_at_every_level(smooth_result):
 
 
 def test_fill_value_is_found_only_when_it_covers_the_border():
-    from labelfree.cuts.volume import _background_value
+    from labelfree.cuts.stages.prepare import background_value
 
     masked = smooth_volume(depth=6, size=32)[:, None]  # (S, C, H, W), zero outside the ball
-    np.testing.assert_array_equal(_background_value(masked), [0.0])
+    np.testing.assert_array_equal(background_value(masked), [0.0])
     noisy = masked + np.random.default_rng(0).normal(0.0, 5.0, masked.shape)
-    assert _background_value(noisy) is None
+    assert background_value(noisy) is None
     photo = np.zeros((1, 3, 30, 30), np.float32)
     photo[0, :, 5:25, 5:25] = np.arange(3)[:, None, None] + 1
-    np.testing.assert_array_equal(_background_value(photo), [0.0, 0.0, 0.0])
+    np.testing.assert_array_equal(background_value(photo), [0.0, 0.0, 0.0])
 
 
 def test_gpu_node_assigner_matches_the_numpy_rule():
     """The torch assigner used on CUDA gives the nodes Reduction.nearest_node gives (run on CPU)."""
     from labelfree.cuts.condense import condense
-    from labelfree.cuts.volume import _NodeAssigner
+    from labelfree.cuts.stages.assign import NodeAssigner
 
     rng = np.random.default_rng(0)
     points = rng.normal(size=(3000, 128)).astype(np.float32)
@@ -331,7 +330,7 @@ def test_gpu_node_assigner_matches_the_numpy_rule():
         hierarchy = condense(points, seed=0, normalize=normalize, n_nodes=128)
         fresh = rng.normal(size=(2000, 128)).astype(np.float32)
         expected = hierarchy.reduction.nearest_node(fresh)
-        got = _NodeAssigner(hierarchy, torch.device("cpu"))(fresh)
+        got = NodeAssigner(hierarchy, torch.device("cpu"))(fresh)
         assert got.shape == expected.shape
         assert np.mean(got == expected) > 0.995  # float32 rounding may flip near-ties
 
