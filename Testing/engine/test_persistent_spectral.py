@@ -11,6 +11,7 @@ from labelfree.cuts import (
     segment_persistence,
     spectral_kmeans,
     spectral_node_labels,
+    stable_structures,
 )
 from labelfree.errors import InputError
 
@@ -149,3 +150,58 @@ def test_spectral_on_a_hierarchys_nodes_matches_spectral_on_points():
     assert per_node.shape == (h.reduction.nodes.shape[0],)
     assert ari(per_node[h.node_of], spectral_kmeans(points, k=4, seed=2)) == 1.0
     assert ari(per_node[h.reduction.nearest_node(points)], truth) == 1.0
+
+
+def _halves(splits_at: int, n_levels: int = 5):
+    """10x10 levels: left half A and right half B; A splits into top A1 and bottom A2 from
+    level ``splits_at`` on (coarsest first)."""
+    a = np.zeros((10, 10), dtype=bool)
+    a[:, :5] = True
+    a1 = a.copy()
+    a1[5:] = False
+    levels = []
+    for i in range(n_levels):
+        split = i >= splits_at
+        levels.append(np.where(a, np.where(a1 & split, 2, 1), 0).ravel())
+    return levels, a, a1
+
+
+def test_stable_structures_keep_a_split_that_outlives_its_parent():
+    levels, a, a1 = _halves(splits_at=2)  # A lives 2 levels (2 x 50); A1, A2 3 each (3 x 25 x 2)
+    painted = stable_structures(levels).reshape(10, 10)
+    assert painted.max() == 3  # B, A1, A2: every pixel in one structure
+    assert np.unique(painted[a1]).size == 1 and np.unique(painted[a & ~a1]).size == 1
+    assert painted[a1][0] != painted[a & ~a1][0] and painted[~a][0] == 1  # B is the largest
+
+
+def test_stable_structures_keep_a_parent_that_outlives_its_split():
+    levels, a, _ = _halves(splits_at=4)  # A lives 4 levels (4 x 50); the halves 1 each
+    painted = stable_structures(levels).reshape(10, 10)
+    assert painted.max() == 2
+    assert np.unique(painted[a]).size == 1 and np.unique(painted[~a]).size == 1
+
+
+def test_stable_structures_cover_a_structure_that_breaks_into_crumbs():
+    """An object seen whole in one level only, then in pieces under the minimum area: the
+    reference rule paints nothing there (seen once, pieces too small); stable structures keep
+    the object."""
+    obj = np.zeros((10, 10), dtype=bool)
+    obj[:5, :5] = True
+    crumbs = np.arange(100).reshape(10, 10) % 7 + 2  # 7 pieces of 3-4 px inside the object
+    levels = [np.where(obj, 1, 0).ravel()] + [np.where(obj, crumbs, 0).ravel()] * 2
+    reference = persistent_structures(levels, (10, 10), min_area_fraction=0.05)
+    assert np.all(reference[obj] == 0)
+    stable = stable_structures(levels, min_area_fraction=0.05).reshape(10, 10)
+    assert np.all(stable[~obj] == 1) and np.all(stable[obj] == 2)
+
+
+def test_stable_structures_of_nodes_equal_those_of_their_pixels():
+    """Weights stand for the items' areas: nodes with voxel counts give the pixels' answer."""
+    rng = np.random.default_rng(0)
+    fine = rng.integers(0, 32, size=400)  # 32 nodes
+    node_levels = [np.arange(32) // 2**k for k in (4, 3, 3, 2, 1, 1, 0)]  # nested
+    pixel_levels = [level[fine] for level in node_levels]
+    by_pixel = stable_structures(pixel_levels, min_area_fraction=0.02)
+    counts = np.bincount(fine, minlength=32)
+    by_node = stable_structures(node_levels, weights=counts, min_area_fraction=0.02)[fine]
+    assert ari(by_pixel, by_node) == 1.0 and by_pixel.max() == by_node.max()

@@ -360,3 +360,14 @@ def test_large_uncached_slices_pool_a_sample_of_tiles(grey_model):
     for a, b in zip(first.levels, again.levels, strict=True):
         np.testing.assert_array_equal(a, b)
         assert a.shape == (96, 96) and a.min() == 1
+
+
+def test_persistent_map_is_the_stable_structures_of_the_levels(smooth_result):
+    """The node-level shortcut gives what the rule gives on the voxels of the levels."""
+    from labelfree.cuts.persistent import stable_structures
+
+    _, result = smooth_result
+    by_voxel = stable_structures([level.ravel() for level in result.levels])
+    pairs = np.unique(np.stack([by_voxel, result.persistent.ravel()]), axis=1)
+    # one-to-one: the same partition (numbering may break ties in area differently)
+    assert np.unique(pairs[0]).size == np.unique(pairs[1]).size == pairs.shape[1]

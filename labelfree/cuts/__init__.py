@@ -5,7 +5,11 @@ which need torch, are imported from their own submodules.
 """
 
 from labelfree.cuts.condense import Hierarchy, condense, select_levels
-from labelfree.cuts.persistent import persistent_structures, segment_persistence
+from labelfree.cuts.persistent import (
+    persistent_structures,
+    segment_persistence,
+    stable_structures,
+)
 from labelfree.cuts.spectral import spectral_kmeans, spectral_node_labels
 
 __all__ = [
@@ -16,4 +20,5 @@ __all__ = [
     "select_levels",
     "spectral_kmeans",
     "spectral_node_labels",
+    "stable_structures",
 ]

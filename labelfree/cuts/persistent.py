@@ -13,6 +13,12 @@ segments are either disjoint or one contains the other. Painting the smaller las
 every pixel shows the finest persistent structure it belongs to; painting by persistence
 would let one long-lived coarse segment (e.g. "body") hide every persistent detail
 inside it. Ties in area go to the more persistent segment.
+
+That rule (:func:`persistent_structures`, the reference's) leaves pixels with no label where a
+structure breaks into pieces under the minimum area, and lets fine pieces overwrite a
+structure that was more persistent than they are. :func:`stable_structures`, which the volume
+runner uses, picks one partition from the tree of segments instead: HDBSCAN's excess-of-mass
+rule, with a segment's area times its persistence as its stability.
 """
 
 from __future__ import annotations
@@ -132,3 +138,88 @@ def persistent_structures(
     shown = np.unique(out[out > 0])
     lut[shown] = np.arange(1, shown.size + 1, dtype=np.int32)
     return lut[out].reshape(image_shape)
+
+
+def stable_structures(
+    levels: Sequence[np.ndarray],
+    weights: np.ndarray | None = None,
+    min_area_fraction: float = 0.01,
+) -> np.ndarray:
+    """The most persistent partition: segments picked from the level tree by excess of mass.
+
+    Levels nest, so their segments form a tree (a segment's parent is the smallest segment of
+    a coarser level holding it). A segment's *stability* is its area times its persistence,
+    the number of levels it is seen in (as above). Going up from the finest segments, a segment
+    is kept if it is at least as stable as the best choice among its descendants (HDBSCAN's
+    excess-of-mass rule); segments under ``min_area_fraction`` of the area are never kept. The
+    result covers the image with structures of whatever granularity is most persistent in
+    each place, instead of painting fine segments over coarse ones (:func:`persistent_structures`),
+    which leaves the parts of a structure that split into small segments with no label.
+
+    Parameters
+    ----------
+    levels : sequence of (N,) int arrays
+        Labels of the same N items (pixels, or nodes standing for pixels), coarsest first,
+        nested.
+    weights : (N,) array, optional
+        Area of each item (whole numbers, e.g. the voxels of each node); 1 by default.
+    min_area_fraction : float
+        Smallest segment kept, as a fraction of the total area (reference: 1 %).
+
+    Returns
+    -------
+    (N,) ndarray of int32
+        Labels ``1..K`` numbered by decreasing area; 0 for items in no kept segment (parts too
+        small to stand alone inside a structure that split).
+    """
+    n_items = np.asarray(levels[0]).size if len(levels) else 0
+    flat = _as_levels(levels, n_items)
+    weights = np.ones(n_items) if weights is None else np.asarray(weights, dtype=np.float64)
+    minimum = min_area_fraction * float(weights.sum())
+    # One row per segment: the level and label where it first appears, area, lifetime, parent.
+    first_level, label, area, life, parent = [], [], [], [], []
+    previous = None
+    for i, level in enumerate(flat):
+        sizes = np.bincount(level, weights=weights)
+        ids = np.empty(sizes.size, dtype=np.int64)
+        if previous is not None:
+            item = np.empty(sizes.size, dtype=np.int64)
+            item[level] = np.arange(n_items)  # one item of each cluster
+            up = previous[flat[i - 1][item]]  # the segment holding it at the level above
+        for c in range(sizes.size):
+            if previous is not None and area[up[c]] == sizes[c]:  # the same segment, still
+                ids[c] = up[c]
+                life[up[c]] += 1
+                continue
+            ids[c] = len(area)
+            first_level.append(i)
+            label.append(c)
+            area.append(float(sizes[c]))
+            life.append(1)
+            parent.append(-1 if previous is None else int(up[c]))
+        previous = ids
+    kept = _excess_of_mass(np.array(area), np.array(life), np.array(parent), minimum)
+    out = np.zeros(n_items, dtype=np.int32)
+    order = sorted(np.flatnonzero(kept), key=lambda s: (-area[s], s))
+    for value, s in enumerate(order, start=1):
+        out[flat[first_level[s]] == label[s]] = value
+    return out
+
+
+def _excess_of_mass(
+    area: np.ndarray, life: np.ndarray, parent: np.ndarray, minimum: float
+) -> np.ndarray:
+    """Which segments to keep; parents come before their children in the arrays."""
+    stability = np.where(area >= minimum, area * life, 0.0)
+    below = np.zeros(area.size)  # best value among each segment's descendants
+    chosen = np.zeros(area.size, dtype=bool)
+    for s in range(area.size - 1, -1, -1):
+        chosen[s] = stability[s] > 0 and stability[s] >= below[s]
+        if parent[s] >= 0:
+            below[parent[s]] += stability[s] if chosen[s] else below[s]
+    kept = np.zeros(area.size, dtype=bool)
+    covered = np.zeros(area.size, dtype=bool)  # an ancestor is kept
+    for s in range(area.size):
+        covered[s] = parent[s] >= 0 and (covered[parent[s]] or kept[parent[s]])
+        kept[s] = chosen[s] and not covered[s]
+    return kept

@@ -131,7 +131,8 @@ class VolumeSegmentation:
     n_clusters : list of int
         Number of clusters of each level.
     persistent : ndarray of int32
-        Persistent structures (CUTS section 3.2.2); 0 where none.
+        Persistent structures (CUTS section 3.2.2), chosen from the tree of the levels'
+        segments by :func:`labelfree.cuts.stable_structures`; 0 where none.
     kmeans : ndarray of int32 or None
         Spectral k-means labels (only with ``method="kmeans"``): ``k`` clusters
         of the non-background voxels, plus the background as one more.

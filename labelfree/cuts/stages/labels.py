@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from labelfree.cuts.condense import Hierarchy
-from labelfree.cuts.persistent import segment_persistence
+from labelfree.cuts.persistent import stable_structures
 
 
 @dataclass
@@ -59,7 +59,12 @@ def label_maps(
             continue  # same partition of the voxels as the level before (e.g. empty nodes)
         levels.append(np.ascontiguousarray(lut[nodes]))
         kept.append(i)
-    persistent = persistent_lut([node_levels[i] for i in kept], node_voxels)[nodes]
+    used = node_voxels > 0  # nodes without voxels would make equal segments look different
+    persistent = np.zeros(n_nodes + 1, dtype=np.int32)
+    persistent[used] = stable_structures(
+        [node_levels[i][used] for i in kept], weights=node_voxels[used]
+    )
+    persistent = persistent[nodes]
     kmeans = None
     if kmeans_nodes is not None:
         kmeans = size_order_lut(with_background(kmeans_nodes), node_voxels)[0][nodes]
@@ -86,47 +91,3 @@ def size_order_lut(node_labels: np.ndarray, node_voxels: np.ndarray) -> tuple[np
     new = np.zeros(n, dtype=np.int32)
     new[order] = np.arange(1, order.size + 1, dtype=np.int32)
     return new[node_labels], int(order.size)
-
-
-def persistent_lut(
-    node_levels: list[np.ndarray],
-    node_voxels: np.ndarray,
-    min_area_fraction: float = 0.01,
-    min_levels: int = 2,
-) -> np.ndarray:
-    """Persistent structures over nodes: node -> label (0 = none).
-
-    The rule of :func:`labelfree.cuts.persistent_structures` (segments seen in
-    ``min_levels`` consecutive levels, covering ``min_area_fraction`` of the
-    voxels, painted largest first so smaller ones overwrite), evaluated on the
-    nodes with their voxel counts as areas, so that it costs O(nodes) instead
-    of O(voxels) per level. Nodes without voxels are left out so that "the
-    same set of nodes" means "the same set of voxels".
-    """
-    used = node_voxels > 0
-    levels = [np.unique(lab[used], return_inverse=True)[1].ravel() for lab in node_levels]
-    runs = segment_persistence(levels)
-    weights = node_voxels[used]
-    total = float(weights.sum())
-    segments: dict[bytes, tuple[float, int, np.ndarray]] = {}
-    for level, run in zip(levels, runs, strict=True):
-        area = np.bincount(level, weights=weights)
-        for cluster in np.flatnonzero((area >= min_area_fraction * total) & (run >= min_levels)):
-            members = level == cluster
-            key = np.packbits(members).tobytes()
-            if key not in segments:
-                segments[key] = (float(area[cluster]), int(run[cluster]), members)
-    painted = np.zeros(levels[0].size, dtype=np.int32)
-    ordered = sorted(segments.values(), key=lambda seg: (-seg[0], seg[1]))
-    for value, (_, _, members) in enumerate(ordered, start=1):
-        painted[members] = value
-    # Renumber 1..K by decreasing visible area, closing gaps left by covered structures.
-    visible = np.bincount(painted, weights=weights, minlength=len(ordered) + 1)
-    visible[0] = 0
-    shown = np.flatnonzero(visible > 0)
-    order = shown[np.lexsort((shown, -visible[shown]))]
-    renumber = np.zeros(len(ordered) + 1, dtype=np.int32)
-    renumber[order] = np.arange(1, order.size + 1, dtype=np.int32)
-    out = np.zeros(node_voxels.size, dtype=np.int32)
-    out[used] = renumber[painted]
-    return out
