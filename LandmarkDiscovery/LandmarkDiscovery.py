@@ -379,12 +379,14 @@ class LandmarkDiscoveryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def _batchFinished(self, process) -> None:
         warnings = [line[len("WARNING ") :] for line in process.log if line.startswith("WARNING ")]
-        for warning in warnings:
+        flagged = [line[len("QC ") :] for line in process.log if line.startswith("QC ")]
+        for warning in warnings + flagged:
             logging.warning(warning)
         if process.succeeded:
-            message = _("Batch done in {folder}; {failed} volume(s) failed (see the log).").format(
-                folder=str(process.modelPath), failed=len(warnings)
-            )
+            message = _(
+                "Batch done in {folder}; {failed} volume(s) failed, {flagged} flagged for review "
+                "in the table's qc column (see the log)."
+            ).format(folder=str(process.modelPath), failed=len(warnings), flagged=len(flagged))
         elif process.cancelled:
             message = _("Batch cancelled; the table was not written.")
         else:

@@ -43,12 +43,15 @@ class CohortResult:
         Cases that could not be processed, with the reason.
     table : Path or None
         A table over all cases, when the method writes one.
+    warnings : list of str
+        Cases whose results look implausible, one sentence each (also in the table).
     """
 
     outputs: dict[str, Path] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
     failures: list[tuple[Path, str]] = field(default_factory=list)
     table: Path | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def files(self) -> list[Path]:
@@ -281,6 +284,8 @@ def report_cohort(result: CohortResult, out_dir: Path) -> int:
     """Print a cohort's outcome for the command line; the exit status (0, or 3 if cases failed)."""
     for case, reason in result.failures:
         print(f"labelfree: warning: {case.name} skipped: {reason}", file=sys.stderr)
+    for warning in result.warnings:
+        print(f"labelfree: warning: {warning}", file=sys.stderr)
     computed = len(result.outputs) - len(result.skipped)
     kept = f", {len(result.skipped)} kept from an earlier run" if result.skipped else ""
     table = f" (table: {result.table})" if result.table else ""

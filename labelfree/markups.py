@@ -33,7 +33,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -473,6 +473,7 @@ def _float_or_nan(text: str) -> float:
 def write_landmark_table(
     path: str | os.PathLike,
     rows: Iterable[tuple[str, np.ndarray, Sequence[str], Sequence[float]]],
+    qc: Mapping[str, str] | None = None,
 ) -> Path:
     """Write one table for many subjects: ``subject, label, importance, r, a, s`` (RAS mm).
 
@@ -485,10 +486,15 @@ def write_landmark_table(
         N labels and N importance values. Labels should be the same across
         subjects (they are stable landmark names) so that the table pivots to
         one row per subject for shape analysis.
+    qc : mapping of str to str, optional
+        Subject -> why its landmarks look implausible; given, a ``qc`` column holds
+        ``ok`` or that reason on every row of the subject.
     """
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["subject", "label", "importance", "r", "a", "s"])
+    writer.writerow(
+        ["subject", "label", "importance", "r", "a", "s", *(["qc"] if qc is not None else [])]
+    )
     for subject, points_lps, names, importance in rows:
         points = points_as_3d(points_lps)
         labels = _checked_labels(names, len(points))
@@ -497,8 +503,9 @@ def write_landmark_table(
             raise InputError(
                 f"{subject}: {len(weights)} importance values for {len(points)} points."
             )
+        verdict = [] if qc is None else [qc.get(subject, "ok")]
         for label, weight, ras in zip(labels, weights, lps_to_ras(points), strict=True):
-            writer.writerow([subject, label, _number(weight), *(_fmt(v) for v in ras)])
+            writer.writerow([subject, label, _number(weight), *(_fmt(v) for v in ras), *verdict])
     return _write_text(path, out.getvalue())
 
 

@@ -130,6 +130,8 @@ def runDetection(args) -> Path:
     result = run_steps(steps, printProgress)
     for case, reason in result.failures:
         print(f"WARNING {case.name}: {reason}", flush=True)
+    for warning in result.warnings:  # implausible landmarks (quality control)
+        print(f"QC {warning}", flush=True)
     return args.out
 
 

@@ -196,7 +196,7 @@ def test_cohort_detection_goes_on_past_a_bad_case_and_reruns_only_what_is_missin
     assert [(p.name, "2-D" in m) for p, m in result.failures] == [("flat.nrrd", True)]
     assert "case 2 of 3" in reports[1].message and reports[-1].fraction == 1.0
     table = (out / "landmarks.csv").read_text().splitlines()
-    assert table[0] == "subject,label,importance,r,a,s" and len(table) == 1 + 2 * 4
+    assert table[0] == "subject,label,importance,r,a,s,qc" and len(table) == 1 + 2 * 4
     assert table[1].startswith("sub-0,LM-01,0.2,")
     record = json.loads((out / "provenance.json").read_text())
     assert [Path(i["path"]).name for i in record["inputs"]] == [

@@ -32,6 +32,7 @@ from labelfree.devices import resolve_device
 from labelfree.errors import InputError, LabelFreeError, ModelFileError
 from labelfree.io import Image, lps_to_ras, read_image
 from labelfree.landmarks.model import load_landmark_model, predict_prepared, prepare_image_steps
+from labelfree.landmarks.quality import outside_image, population_outliers
 from labelfree.markups import (
     markups_format,
     points_as_3d,
@@ -338,6 +339,7 @@ def detect_cohort_steps(
         raise ModelFileError(f"Landmark model not found: {model}. Choose a .pt model file.")
     loaded: dict[int, tuple] = {}  # image dimension -> (regressor, config, card), loaded once
     detected: dict[str, tuple] = {}  # case -> (points_lps, names, importance) of this run
+    flags: dict[str, str] = {}  # case -> why its landmarks look implausible
 
     def process(case: Path, output: Path) -> None:
         image = read_image(case)
@@ -348,12 +350,24 @@ def detect_cohort_steps(
         )
         found.write(output, name=f"{case_name(case)}_landmarks")
         detected[case_name(case)] = (found.points_lps, found.names, found.importance)
+        outside = outside_image(found.index_xyz, image.spatial_shape)
+        if outside:
+            flags[case_name(case)] = f"{outside} of {len(found)} landmarks outside the image"
 
     def write_table(result: CohortResult) -> None:
         rows = []
         for name, path in result.outputs.items():  # cases kept from an earlier run: read back
             rows.append((name, *(detected[name] if name in detected else read_markups(path))))
-        result.table = write_landmark_table(table, rows)
+        layouts = {tuple(names) for _, _, names, _ in rows}
+        if len(layouts) == 1:  # the same landmarks in every case: compare the shapes
+            far = population_outliers({name: points for name, points, _, _ in rows})
+            for name, reason in far.items():
+                flags[name] = f"{flags[name]}; {reason}" if name in flags else reason
+        qc = {name: flags[name] for name in result.outputs if name in flags}
+        result.warnings += [
+            f"{name}: {reason}; check it before a shape analysis" for name, reason in qc.items()
+        ]
+        result.table = write_landmark_table(table, rows, qc=qc)
 
     parameters = {
         "method": "landmarks detect",
