@@ -51,7 +51,7 @@ def test_train_writes_model_with_importance(trained):
     importance = np.asarray(config["importance"])
     assert importance.shape == (5,)
     assert importance.max() == pytest.approx(1.0) and importance.min() >= 0.0
-    assert card["importance"]["method"] == "increase"
+    assert card["importance"]["method"] == "precision"
     assert card["training"]["equivariance"] == 10.0
     assert card["training"]["equivariance_px"] == 4.0  # the 2-D default
     assert model.with_name("lm.card.json").is_file()

@@ -7,6 +7,10 @@
   description (markups) or its own column (CSV). With several inputs or a
   folder of images, ``--out`` is a folder: one file per input and one table.
 - ``importance MODEL INPUT...``: (re)computes and stores importance.
+- ``carry FROM TO --points FILE | --labels FILE --out FILE``: detects the landmarks on
+  both images and carries points (a markups file) or a label map from FROM to TO
+  through them (:mod:`labelfree.landmarks.registration`); a label map comes out on TO's
+  grid.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_train(commands)
     _add_detect(commands)
     _add_importance(commands)
+    _add_carry(commands)
 
 
 def _add_train(commands: argparse._SubParsersAction) -> None:
@@ -132,14 +137,52 @@ def _add_importance(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "importance",
         help="measure and store landmark importance in a model",
-        description="Leave-one-out registration importance of each landmark, stored in MODEL.",
+        description="Importance of each landmark (default: its precision under random warps), "
+        "stored in MODEL.",
     )
     p.add_argument("model", type=Path, metavar="MODEL")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="images (2 or more)")
     p.add_argument("--pairs", type=int, default=64)
     p.add_argument("--seed", type=seed, default=0)
-    p.add_argument("--method", choices=("increase", "reference"), default="increase")
+    p.add_argument("--method", choices=("precision", "increase", "reference"), default="precision")
     p.set_defaults(func=_importance)
+
+
+def _add_carry(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "carry",
+        help="carry points or a label map from one image to another through the landmarks",
+        description=(
+            "Detect the landmarks on FROM and TO and carry points or a label map of FROM to "
+            "TO through them, in physical space (a smoothing thin-plate spline by default)."
+        ),
+    )
+    p.add_argument("source", type=Path, metavar="FROM", help="image the points or labels are on")
+    p.add_argument("target", type=Path, metavar="TO", help="image to carry them to")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--points", type=Path, help="points of FROM (.mrk.json, .fcsv or .csv)")
+    what.add_argument("--labels", type=Path, help="label map in FROM's space (.nrrd, .nii.gz...)")
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="carried points (.mrk.json, .fcsv, .csv) or label map (on TO's grid)",
+    )
+    p.add_argument("--model", type=Path, default=None, help="landmark model (default: bundled)")
+    p.add_argument("--transform", choices=("tps", "affine"), default="tps")
+    p.add_argument(
+        "--smoothing",
+        default="auto",
+        metavar="LAMBDA",
+        help="spline smoothing (0: through every landmark); default auto (cross-validated)",
+    )
+    p.add_argument(
+        "--equal-weights",
+        action="store_true",
+        help="trust every landmark alike (default: weight by the model's precision importance)",
+    )
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    p.set_defaults(func=_carry)
 
 
 class _Reporter:
@@ -264,3 +307,60 @@ def _importance(args: argparse.Namespace) -> int:
     ranked = sorted(enumerate(importance), key=lambda kv: -kv[1])
     print(", ".join(f"{names[k]}={v:.3f}" for k, v in ranked))
     return 0
+
+
+def _carry(args: argparse.Namespace) -> int:
+    from labelfree.io import check_format_keeps_geometry, read_image, write_image
+    from labelfree.landmarks import registration
+    from labelfree.markups import read_markups, write_markups
+    from labelfree.progress import run_steps
+
+    if args.points is not None:
+        markups_format(args.out)  # refuse an unknown suffix before any work
+    source, target = read_image(args.source), read_image(args.target)
+    labels = read_image(args.labels) if args.labels is not None else None
+    if labels is not None:
+        check_format_keeps_geometry(target, args.out)
+    found_from, found_to, weights = registration.landmark_pairs(
+        source, target, args.model, args.device
+    )
+    options = {
+        "kind": args.transform,
+        "smoothing": args.smoothing,
+        "weights": None if args.equal_weights else weights,
+    }
+    transform = registration.fit_landmark_transform(found_from, found_to, **options)
+    print(
+        f"{len(found_from)} landmarks, {transform.kind} transform"
+        + (f", smoothing {transform.smoothing:.3g}" if transform.kind == "tps" else "")
+    )
+    if labels is not None:
+        carried = run_steps(
+            registration.carry_label_map_steps(labels, found_from, found_to, target, **options),
+            _Reporter(),
+        )
+        write_image(carried, args.out)
+        print(f"label map on {args.target.name}'s grid -> {args.out}")
+        return 0
+    points, names, _ = read_markups(args.points)
+    moved = transform(_points_of_dimension(points, source.ndim, args.points))
+    write_markups(args.out, moved, names, name=args.out.name.split(".")[0])
+    print(f"{len(names)} points -> {args.out}")
+    return 0
+
+
+def _points_of_dimension(points, ndim: int, path: Path):
+    """LPS points ``(N, 3)`` from a markups file as ``(N, ndim)``; 2-D images need S = 0."""
+    import numpy as np
+
+    if len(points) == 0:
+        raise InputError(f"{path} holds no points to carry.")
+    if not np.isfinite(points).all():
+        raise InputError(f"{path} has points without a position; place or delete them first.")
+    if ndim == 2:
+        if not np.allclose(points[:, 2], 0, atol=1e-6):
+            raise InputError(
+                f"{path} has points off the image plane (S != 0) and FROM is a 2-D image."
+            )
+        return points[:, :2]
+    return points
