@@ -65,9 +65,7 @@ def main() -> int:
     found, record["3d"] = _rows("3-D MNI warps", "mm", model_3d, measure3.images, evaluation3)
     rows += found
     print(machine())
-    print(
-        "importance measured on training-family warps, landmarks scored on evaluation subjects"
-    )
+    print("importance measured on training-family warps, landmarks scored on evaluation subjects")
     header = ["model", "ranking", "all landmarks", *(f"top {int(s * 100)} %" for s in SHARES)]
     print(fmt_table(rows, header))
     OUT.mkdir(exist_ok=True)
