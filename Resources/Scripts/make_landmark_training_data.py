@@ -108,6 +108,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         "equivariance": args.equivariance,
         "equivariance_px": args.equivariance_px,
         "equivariance_shift_px": args.equivariance_shift_px,
+        "equivariance_pose": (args.equivariance_rotation_deg, args.equivariance_log_scale),
         "prior_fade": None if args.prior_fade < 0 else args.prior_fade,
     }
     if args.lam is not None:
@@ -243,6 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--equivariance-shift-px", type=float, default=0.0, help="std of their global shift"
+    )
+    p.add_argument(
+        "--equivariance-rotation-deg", type=float, default=0.0, help="std of their rotation"
+    )
+    p.add_argument(
+        "--equivariance-log-scale", type=float, default=0.0, help="std of their log-scale per axis"
     )
     p.add_argument(
         "--prior-fade",

@@ -273,6 +273,29 @@ def test_random_warps_are_smooth_seeded_and_keep_corners():
     torch.testing.assert_close(a[..., 0, 0], image[..., 0, 0], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_pose_in_the_equivariance_warps_is_a_rotation_and_scale_about_the_centre(ndim):
+    from labelfree.landmarks.tps import tps_map
+    from labelfree.landmarks.train import random_warp_points
+
+    shape = (32,) * ndim
+    target, source = random_warp_points(
+        3, shape, 0.0, torch.Generator().manual_seed(0), torch.float64, pose=(10.0, 0.05)
+    )
+    points = torch.rand(3, 20, ndim, dtype=torch.float64) * 2 - 1
+    mapped = tps_map(points, target, source).numpy()
+    for b in range(3):
+        linear = np.linalg.lstsq(points[b].numpy(), mapped[b], rcond=None)[0]
+        assert np.abs(points[b].numpy() @ linear - mapped[b]).max() < 1e-9  # linear, no shift
+        assert np.abs(linear - np.eye(ndim)).max() > 0.02  # and really a pose change
+    # Off by default, and then it draws nothing: earlier seeds give the same warps.
+    plain = random_warp_points(2, shape, 2.0, torch.Generator().manual_seed(1), shift_px=2.0)
+    zero = random_warp_points(
+        2, shape, 2.0, torch.Generator().manual_seed(1), shift_px=2.0, pose=(0.0, 0.0)
+    )
+    assert all(torch.equal(a, b) for a, b in zip(plain, zero, strict=True))
+
+
 def test_heatmap_model_round_trips(tmp_path):
     torch.manual_seed(0)
     model = LandmarkRegressor(2, 5, 64, channels=(4, 8, 8, 16), head="heatmap")

@@ -203,6 +203,7 @@ def random_warp_points(
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
     shift_px: float = 0.0,
+    pose: tuple[float, float] = (0.0, 0.0),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Control points of random smooth warps, as :func:`random_warps` draws them.
 
@@ -221,6 +222,10 @@ def random_warp_points(
     shift_px : float
         Std in pixels of a global translation on top (corners included), so
         that no part of the frame stays put; drawn after the local moves.
+    pose : (float, float)
+        Std of a rotation about the centre (degrees, per rotation plane) and of a
+        log-scale per axis, applied last to every point (corners included), so that
+        landmarks learn to follow a subject's pose; drawn only when not zero.
 
     Returns
     -------
@@ -240,7 +245,32 @@ def random_warp_points(
         shift = torch.randn(batch, 1, ndim, generator=generator, dtype=dtype)
         delta = delta + shift * shift_px * pixel
     target = control.expand(batch, -1, -1)
-    return target, target + delta
+    source = target + delta
+    if any(pose):
+        source = source @ _random_linear(batch, ndim, pose, generator, dtype).transpose(1, 2)
+    return target, source
+
+
+def _random_linear(
+    batch: int,
+    ndim: int,
+    pose: tuple[float, float],
+    generator: torch.Generator | None,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """``(batch, D, D)`` rotations (std ``pose[0]`` degrees per plane) times per-axis scales
+    (log-scale std ``pose[1]``)."""
+    planes = [(0, 1)] if ndim == 2 else [(0, 1), (0, 2), (1, 2)]
+    angles = torch.randn(batch, len(planes), generator=generator, dtype=dtype)
+    angles = angles * float(np.deg2rad(pose[0]))
+    scales = torch.exp(torch.randn(batch, ndim, generator=generator, dtype=dtype) * pose[1])
+    linear = torch.diag_embed(scales)
+    for k, (a, b) in enumerate(planes):
+        turn = torch.eye(ndim, dtype=dtype).repeat(batch, 1, 1)
+        cos, sin = torch.cos(angles[:, k]), torch.sin(angles[:, k])
+        turn[:, a, a], turn[:, b, b], turn[:, a, b], turn[:, b, a] = cos, cos, -sin, sin
+        linear = turn @ linear
+    return linear
 
 
 def random_warps(
@@ -283,6 +313,7 @@ def equivariance_error(
     shift_px: float = 0.0,
     positions: Sequence[int] | None = None,
     draws: int | None = None,
+    pose: tuple[float, float] = (0.0, 0.0),
 ) -> torch.Tensor:
     """Mean squared landmark disagreement under a random smooth warp (normalised units).
 
@@ -305,6 +336,8 @@ def equivariance_error(
         Warps and noise are drawn for a batch of ``draws`` images (``B`` by default) of
         which ``clean`` holds those at ``positions`` (all by default): a rank scoring its
         share of a batch draws what one process draws for the whole batch.
+    pose : (float, float)
+        Rotation (degrees) and log-scale std of the warp's pose (:func:`random_warp_points`).
 
     Returns
     -------
@@ -314,7 +347,7 @@ def equivariance_error(
     draws = clean.shape[0] if draws is None else draws
     positions = list(range(draws)) if positions is None else list(positions)
     target, source = random_warp_points(
-        draws, clean.shape[2:], sigma_px, generator, clean.dtype, shift_px
+        draws, clean.shape[2:], sigma_px, generator, clean.dtype, shift_px, pose
     )
     target, source = target[positions].to(clean.device), source[positions].to(clean.device)
     inputs = warp_image(clean, target, source, field_stride=4)
@@ -350,6 +383,7 @@ def _pair_loss(
     equivariance_px: float = 4.0,
     equivariance_shift_px: float = 0.0,
     world: World = SINGLE,
+    equivariance_pose: tuple[float, float] = (0.0, 0.0),
 ):
     """The training loss of the pairs ``src[i] -> tgt[i]``, or this rank's weighted share.
 
@@ -404,6 +438,7 @@ def _pair_loss(
             equivariance_shift_px,
             positions=scored,
             draws=len(unique),
+            pose=equivariance_pose,
         )
         terms.equivariance = error
         terms.total = terms.total + equivariance * scored_weight * error
@@ -436,6 +471,7 @@ def train_landmarks_steps(
     equivariance: float = 0.0,
     equivariance_px: float | None = None,
     equivariance_shift_px: float = 0.0,
+    equivariance_pose: tuple[float, float] = (0.0, 0.0),
     prior_fade: float | None = 0.25,
     checkpoint: str | os.PathLike | None = None,
     resume: str | os.PathLike | None = None,
@@ -507,6 +543,10 @@ def train_landmarks_steps(
         Std in input pixels of a global shift added to each equivariance warp,
         so that landmarks gain nothing by moving to the image border, which
         the warps would otherwise leave in place.
+    equivariance_pose : (float, float)
+        Std of a rotation (degrees) and of a log-scale per axis added to each
+        equivariance warp, corners included, so that landmarks follow a subject's
+        pose, not only local shape (:func:`random_warp_points`); off by default.
     prior_fade : float or None
         Heatmap head only: its Gaussian start prior (which puts every
         image's landmarks at the same place at first) fades linearly to
@@ -622,6 +662,7 @@ def train_landmarks_steps(
                 equivariance_px,
                 equivariance_shift_px,
                 world,
+                tuple(equivariance_pose),
             )
             optimiser.zero_grad(set_to_none=True)
             # Every rank skips a step that is not finite on any rank, so the models stay equal.
@@ -658,6 +699,7 @@ def train_landmarks_steps(
             equivariance=equivariance,
             equivariance_px=equivariance_px,
             equivariance_shift_px=equivariance_shift_px,
+            equivariance_pose=tuple(equivariance_pose),
         )
         history["train"].append(float(np.mean(losses)) if losses else float("nan"))
         history["val"].append(val_total)
@@ -697,6 +739,7 @@ def train_landmarks_steps(
         "equivariance": equivariance,
         "equivariance_px": equivariance_px,
         "equivariance_shift_px": equivariance_shift_px,
+        "equivariance_pose": list(equivariance_pose),
         "prior_fade": prior_fade if head == "heatmap" else None,
         "n_train": len(train_idx) if len(val_idx) != len(images) else len(images),
         "n_val": len(val_idx),
