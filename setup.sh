@@ -10,4 +10,4 @@ fi
 python -m pip install --quiet --upgrade pip
 # The CPU build of torch first: plain `pip install torch` brings several GB of CUDA packages.
 python -c "import torch" 2>/dev/null || pip install --quiet torch==2.13.0
-pip install --quiet -e ".[test]"
+pip install --quiet -e ".[test,web]"

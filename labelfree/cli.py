@@ -15,7 +15,7 @@ import sys
 from labelfree import __version__
 from labelfree.errors import Cancelled, LabelFreeError
 
-COMMANDS = ("labelfree.cuts.cli", "labelfree.landmarks.cli", "labelfree.demo")
+COMMANDS = ("labelfree.cuts.cli", "labelfree.landmarks.cli", "labelfree.demo", "labelfree.web.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

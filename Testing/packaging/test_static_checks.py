@@ -354,8 +354,18 @@ def _importedModules(path: Path) -> set[str]:
     return names
 
 
+# The browser front end lives in the package (DESIGN.md) but is not engine: it drives the
+# modules' MRML logic on trame-slicer, from the optional `web` extra.
+FRONT_END = "web/"
+
+
+def _engineFiles() -> list[str]:
+    """The engine's source files (relative to labelfree/), without the web front end."""
+    return [f for f in _sourceFiles(ROOT / "labelfree") if not f.startswith(FRONT_END)]
+
+
 def test_engine_never_imports_slicer_vtk_or_qt():
-    for relative in _sourceFiles(ROOT / "labelfree"):
+    for relative in _engineFiles():
         imported = _importedModules(ROOT / "labelfree" / relative)
         bad = {
             n for n in imported if n.split(".")[0] in ("slicer", "vtk", "qt", "ctk", "vtkmodules")
@@ -445,11 +455,22 @@ def test_requirements_cover_the_engine_with_lower_bounds_only():
         assert "==" not in line and "<" not in line, f"pin or upper bound in {line!r}"
     names = {re.split(r"[<>=!~ ;\[]", line, maxsplit=1)[0].lower() for line in requirements}
     imported = set()
-    for relative in _sourceFiles(ROOT / "labelfree"):
+    for relative in _engineFiles():
         imported |= {n.split(".")[0] for n in _importedModules(ROOT / "labelfree" / relative)}
     thirdParty = imported - set(sys.stdlib_module_names) - _PROVIDED - _OPTIONAL - {"__future__"}
     needed = {_DISTRIBUTION.get(n, n).lower() for n in thirdParty}
     assert needed - names == set(), "engine imports missing from Resources/requirements.txt"
+
+
+def test_only_the_web_front_end_imports_trame_and_nothing_imports_it():
+    for relative in _engineFiles():
+        imported = _importedModules(ROOT / "labelfree" / relative)
+        bad = {n for n in imported if n.split(".")[0].startswith("trame") or "labelfree.web" in n}
+        if relative == "cli.py":  # names the web command as a string, imports it lazily
+            continue
+        assert bad == set(), f"labelfree/{relative} imports {bad}"
+    webExtra = re.search(r"^web = \[(.*)\]$", (ROOT / "pyproject.toml").read_text(), re.M)
+    assert webExtra and '"trame-slicer' in webExtra.group(1)
 
 
 MINIMUM_SLICER = "5.10"
