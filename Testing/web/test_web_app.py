@@ -169,7 +169,11 @@ def test_exports_are_files_in_the_input_geometry(segmented, tmp_path):
 
 def test_landmarks_are_placed_and_exported(app):
     app.state.keep = 12
+    red = _adapters(app)["Red"]
+    before = _frame(red).astype(int)
     _onServerLoop(app, app.detectLandmarks)
+    drawn = np.abs(_frame(red).astype(int) - before).sum(axis=-1) > 60
+    assert drawn.sum() > 50  # the landmarks are drawn in the view
     assert not app.state.error, app.state.message
     assert app.state.landmarks == 12
     node = app.session.landmarksNode
@@ -235,3 +239,10 @@ def _segmentArray(segmentationNode, segmentId, referenceNode) -> np.ndarray:
 def _nodeIds(scene) -> set[str]:
     nodes = scene.GetNodes()
     return {nodes.GetItemAsObject(i).GetName() or "" for i in range(nodes.GetNumberOfItems())}
+
+
+def test_the_cli_refuses_a_missing_volume_with_exit_2(tmp_path, capsys):
+    from labelfree.cli import main
+
+    assert main(["web", str(tmp_path / "missing.nrrd")]) == 2
+    assert "No volume at" in capsys.readouterr().err

@@ -27,6 +27,7 @@ from LabelFreeLib.jobs import JobRunner, StepJob  # noqa: E402
 from LabelFreeLib.mrml import removeNodes  # noqa: E402
 
 LABEL_OPACITY = 0.5
+LANDMARK_PROJECTION_OPACITY = 0.8
 LABELMAP_SUFFIXES = (".nrrd", ".nii.gz")
 LANDMARK_SUFFIXES = (".mrk.json", ".fcsv", ".csv")
 # A press and a release this close (view pixels) are a click; farther apart, a drag
@@ -298,6 +299,15 @@ class WebSession:
 
     def _landmarksFound(self, node) -> None:
         self.landmarksNode = node
+        display = node.GetDisplayNode()
+        if display is not None:
+            # Few landmarks lie on the three shown slices: project them all onto each view,
+            # without their names (which overlap; the exports carry them).
+            display.SetSliceProjection(True)
+            display.SetSliceProjectionOpacity(LANDMARK_PROJECTION_OPACITY)
+            display.SetPointLabelsVisibility(False)
+        for view in self.sliceViews():
+            view.schedule_render()
         count = node.GetNumberOfControlPoints()
         self._update(job="", progress=1.0, landmarks=count, message=f"Placed {count} landmarks.")
 
