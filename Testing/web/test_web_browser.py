@@ -125,3 +125,22 @@ def test_landmarks_in_the_page(page):
     page.screenshot(path=str(_artifacts() / "05_landmarks.png"))
     page.click("#lf-export-landmarks-mrk-json")
     page.locator("a[download]", has_text=".mrk.json").wait_for(timeout=10_000)
+
+
+def test_uploads_of_a_volume_and_a_landmark_model(page, tmp_path):
+    from labelfree.modelfile import bundled_model_path
+
+    volume = tmp_path / "uploaded.nrrd"
+    volume.write_bytes(SAMPLE.read_bytes())
+    inputs = page.locator("input[type=file]")
+    inputs.nth(0).set_input_files(str(volume))
+    _waitForMessage(page, "Loaded uploaded.nrrd", timeout=30_000)
+    assert page.evaluate("() => window.trame.state.get('levelCount')") == 0  # results cleared
+
+    inputs.nth(1).set_input_files(str(bundled_model_path("landmarks_3d.pt")))
+    page.wait_for_function(
+        "() => (window.trame.state.get('landmarkModel') || '').endsWith('.pt')", timeout=30_000
+    )
+    page.fill("#lf-keep", "5")
+    page.click("#lf-detect")
+    _waitForMessage(page, "Placed 5 landmarks")
