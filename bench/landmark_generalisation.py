@@ -7,7 +7,9 @@ Issue 10 asks every landmark figure to be reported on both:
 - *evaluation family*: ``labelfree.landmarks.evaluation`` (pose, dense shape and scanner
   changes that no trainer draws): 16 phantoms, or 8 head crops at 1 mm (seed 200).
 Reported: mean correspondence error over all pairs (px or mm), and that of the top half of
-the landmarks by the model's stored importance.
+the landmarks by the model's stored importance; for models that store a pose reference, also
+with test-time pose refinement (``labelfree.landmarks.refine``, what ``detect`` does) and the
+share of subjects it refined.
 
 Usage: python bench/landmark_generalisation.py [--model FILE ...]   (default: the bundled
 models; about 1 minute each on 2 cores)
@@ -26,6 +28,7 @@ from landmarks import brain_crop, predict_all
 from labelfree.landmarks.evaluation import evaluation_subjects, phantom_subjects
 from labelfree.landmarks.metrics import correspondence_error
 from labelfree.landmarks.model import load_landmark_model
+from labelfree.landmarks.refine import refine_landmarks, stored_pose_reference
 from labelfree.landmarks.synthetic import shepp_logan_population, volume_population
 
 
@@ -45,9 +48,20 @@ def populations(ndim: int) -> dict[str, object]:
     }
 
 
-def score(model, population) -> tuple[float, float]:
+def refined_all(model, images: np.ndarray, plain: np.ndarray) -> tuple[np.ndarray, float]:
+    """(N, K, D) landmarks after pose refinement, and the share of images refined."""
+    regressor, config = model[0], model[1]
+    reference = stored_pose_reference(config)
+    out = [
+        refine_landmarks(regressor, config, im, *reference, first=p)
+        for im, p in zip(images, plain, strict=True)
+    ]
+    return np.stack([points for points, _ in out]), float(np.mean([done for _, done in out]))
+
+
+def score(model, population, landmarks) -> tuple[float, float]:
     """Mean correspondence error of all landmarks and of the top half by importance."""
-    errors = correspondence_error(population, predict_all(model, population.images))
+    errors = correspondence_error(population, landmarks)
     importance = model[1].get("importance")
     if importance is None:
         return float(errors.mean()), float("nan")
@@ -70,10 +84,31 @@ def main() -> int:
         cache.setdefault(ndim, populations(ndim))
         record[name] = {}
         for family, population in cache[ndim].items():
-            every, top = score(model, population)
-            rows.append([name, family, f"{every:.2f} {unit}", f"{top:.2f} {unit}"])
+            plain = predict_all(model, population.images)
+            every, top = score(model, population, plain)
+            rows.append([name, family, "plain", f"{every:.2f} {unit}", f"{top:.2f} {unit}", ""])
             record[name][family] = {"all": every, "top_half": top}
-    print(fmt_table(rows, ["model", "test subjects", "all landmarks", "top half by importance"]))
+            if stored_pose_reference(model[1]) is None:
+                continue
+            refined, share = refined_all(model, population.images, plain)
+            every, top = score(model, population, refined)
+            rows.append(
+                [
+                    name,
+                    family,
+                    "pose refined",
+                    f"{every:.2f} {unit}",
+                    f"{top:.2f} {unit}",
+                    f"{share:.0%}",
+                ]
+            )
+            record[name][family] |= {
+                "refined_all": every,
+                "refined_top_half": top,
+                "refined_share": share,
+            }
+    header = ["model", "test subjects", "detection", "all landmarks", "top half", "refined"]
+    print(fmt_table(rows, header))
     OUT.mkdir(exist_ok=True)
     (OUT / "landmark_generalisation.json").write_text(json.dumps(record, indent=2))
     return 0

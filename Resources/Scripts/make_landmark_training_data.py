@@ -188,6 +188,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         train_files = sorted((args.data / "train").glob("*.nrrd"))
         train_images = [read_image(f).array for f in train_files]
         importance = store_importance(args.model, train_images, n_pairs=64, seed=0)
+        from labelfree.landmarks.refine import store_pose_reference
+
+        reference = store_pose_reference(args.model, train_images)
+        metrics["pose_refinement_threshold_px"] = round(reference["threshold_px"], 4)
         regressor, config, card = load_landmark_model(args.model)
         for name, keep in (
             ("importance_at_least_0.1", importance >= 0.1),

@@ -33,6 +33,7 @@ from labelfree.errors import InputError, LabelFreeError, ModelFileError
 from labelfree.io import Image, lps_to_ras, read_image
 from labelfree.landmarks.model import load_landmark_model, predict_prepared, prepare_image_steps
 from labelfree.landmarks.quality import outside_image, population_outliers
+from labelfree.landmarks.refine import refine_steps, stored_pose_reference
 from labelfree.markups import (
     markups_format,
     points_as_3d,
@@ -69,6 +70,9 @@ class Landmarks:
         ``(K, ndim)`` network output in ``[-1, 1]``, ``(x, y[, z])``.
     ids : ndarray
         ``(K,)`` the model's landmark numbers (0-based) of these points.
+    pose_refined : bool
+        Whether the points were detected again after undoing the image's pose
+        (:mod:`labelfree.landmarks.refine`).
     """
 
     points_lps: np.ndarray
@@ -77,6 +81,7 @@ class Landmarks:
     index_xyz: np.ndarray
     normalised: np.ndarray
     ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+    pose_refined: bool = False
 
     def __len__(self) -> int:
         return len(self.names)
@@ -195,6 +200,7 @@ def detect_landmarks(
     keep: int | None = None,
     min_importance: float | None = None,
     device: str = "auto",
+    refine: bool = True,
 ) -> Landmarks:
     """Detect the model's landmarks on one image or volume.
 
@@ -213,6 +219,10 @@ def detect_landmarks(
         Return only landmarks with importance at least this (0..1).
     device : str
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    refine : bool
+        Detect again after undoing the image's pose when it lies beyond the model's
+        training poses (models that store a pose reference; see
+        :mod:`labelfree.landmarks.refine`).
 
     Returns
     -------
@@ -232,7 +242,7 @@ def detect_landmarks(
     """
     return run_steps(
         detect_landmarks_steps(
-            image, model, keep=keep, min_importance=min_importance, device=device
+            image, model, keep=keep, min_importance=min_importance, device=device, refine=refine
         )
     )
 
@@ -244,6 +254,7 @@ def detect_landmarks_steps(
     keep: int | None = None,
     min_importance: float | None = None,
     device: str = "auto",
+    refine: bool = True,
 ) -> Steps[Landmarks]:
     """:func:`detect_landmarks` in short steps (a GUI's timer drives them); the same result."""
     regressor, config, _ = _resolve_model(model, image.ndim)
@@ -252,6 +263,12 @@ def detect_landmarks_steps(
     prepared = yield from prepare_image_steps(image.array, config)
     yield Progress(0.9, "Running the network")
     normalised = predict_prepared(regressor, prepared)
+    reference = stored_pose_reference(config) if refine else None
+    refined = False
+    if reference is not None:
+        normalised, refined = yield from refine_steps(
+            regressor, config, image.array, normalised, *reference
+        )
     n = len(normalised)
     stored = config.get("importance")
     importance = np.full(n, np.nan) if stored is None else np.asarray(stored, dtype=float)
@@ -268,6 +285,7 @@ def detect_landmarks_steps(
         index_xyz=index,
         normalised=normalised[chosen],
         ids=chosen,
+        pose_refined=refined,
     )
 
 

@@ -93,10 +93,15 @@ def resample(array: np.ndarray, input_size: int) -> np.ndarray:
     return run_steps(resample_steps(array, input_size))
 
 
+def antialias_sigma(shape: tuple[int, ...], input_size: int) -> list[float]:
+    """Gaussian widths (pixels per axis) that :func:`resample` smooths with before downsampling."""
+    factors = [(n - 1) / max(input_size - 1, 1) for n in shape]
+    return [max(0.0, (f - 1) / 2) for f in factors]
+
+
 def resample_steps(array: np.ndarray, input_size: int) -> Steps[np.ndarray]:
     """:func:`resample` as steps of about ``SMOOTH_CHUNK_VOXELS`` voxels (same result)."""
-    factors = [(n - 1) / max(input_size - 1, 1) for n in array.shape]
-    sigma = [max(0.0, (f - 1) / 2) for f in factors]
+    sigma = antialias_sigma(array.shape, input_size)
     if any(s > 0 for s in sigma):
         array = yield from smooth_steps(array, sigma)
     tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
