@@ -7,7 +7,7 @@ Refinement removes the pose instead:
 
 1. detect the landmarks ``p`` on the network input;
 2. fit the affine map ``A`` that carries the model's *reference layout* ``r`` (its
-   landmarks on a training-posed image) onto ``p`` (least squares, optionally weighted);
+   landmarks on a training-posed image) onto ``p`` (least squares);
 3. resample the image through ``A`` onto the network's input grid, so the subject
    appears in the reference pose (from the anti-aliased image, not from the network
    input, so no second interpolation blurs it; ``A`` = identity gives the plain input);
@@ -50,6 +50,7 @@ from labelfree.landmarks.model import (
     smooth_steps,
     whiten,
 )
+from labelfree.landmarks.tps import identity_grid
 from labelfree.progress import Progress, Steps, run_steps
 
 # Refine a subject whose pose is farther from the reference than this percentile of the
@@ -60,17 +61,13 @@ THRESHOLD_PERCENTILE = 95.0
 RESIDUAL_FACTOR = 2.0
 
 
-def fit_affine(
-    source: np.ndarray, target: np.ndarray, weights: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+def fit_affine(source: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Least-squares affine map with ``target ≈ source @ matrix.T + offset``.
 
     Parameters
     ----------
     source, target : ndarray
         ``(K, D)`` corresponding points, ``K >= D + 1``.
-    weights : ndarray, optional
-        ``(K,)`` non-negative weights of the points.
 
     Returns
     -------
@@ -83,10 +80,8 @@ def fit_affine(
     k, d = source.shape
     if target.shape != (k, d) or k < d + 1:
         raise InputError(f"An affine fit needs at least {d + 1} point pairs of equal shape.")
-    w = np.ones(k) if weights is None else np.asarray(weights, float)
-    root = np.sqrt(w / w.sum())[:, None]
     design = np.concatenate([source, np.ones((k, 1))], axis=1)
-    solution, *_ = np.linalg.lstsq(design * root, target * root, rcond=None)
+    solution, *_ = np.linalg.lstsq(design, target, rcond=None)
     return solution[:d].T, solution[d]
 
 
@@ -112,9 +107,7 @@ def resample_affine(
     ndarray
         ``float32`` of shape ``(size,) * D``.
     """
-    ndim = array.ndim
-    axes = [torch.linspace(-1.0, 1.0, size, dtype=torch.float64)] * ndim
-    grid = torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], dim=-1)  # (..., x y [z])
+    grid = identity_grid((size,) * array.ndim, torch.float64)
     mapped = grid @ torch.from_numpy(np.asarray(matrix, float)).T
     mapped = mapped + torch.from_numpy(np.asarray(offset, float))
     source = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]

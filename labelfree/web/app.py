@@ -130,18 +130,21 @@ class LabelFreeWebApp(TrameApp):
 
     def openUploads(self, files: list[dict]) -> None:
         """Open the first uploaded file as the volume."""
-        folder = tempfile.mkdtemp(dir=self._tmp.name)
-        paths = write_client_files_to_dir(files, folder)
-        if paths:
-            self.openPath(paths[0])
+        path = self._savedUpload(files)
+        if path:
+            self.openPath(path)
 
     def useUploadedModel(self, files: list[dict]) -> None:
         """Use an uploaded landmark model file for detection."""
-        folder = tempfile.mkdtemp(dir=self._tmp.name)
-        paths = write_client_files_to_dir(files, folder)
-        if paths:
+        path = self._savedUpload(files)
+        if path:
             with self.state:
-                self.state.landmarkModel = paths[0]
+                self.state.landmarkModel = path
+
+    def _savedUpload(self, files: list[dict]) -> str | None:
+        """The first uploaded file, written to a folder of its own; None if nothing came."""
+        paths = write_client_files_to_dir(files, tempfile.mkdtemp(dir=self._tmp.name))
+        return paths[0] if paths else None
 
     def applyCuts(self) -> None:
         """Start CUTS on the volume with the page's method."""
@@ -210,13 +213,9 @@ class LabelFreeWebApp(TrameApp):
                 )
                 with html.Div(classes="d-flex align-center"):
                     v3.VBtn("Open", click=self.openPath, id="lf-open", classes="mr-3")
-                    upload = LoadVolumeButton(
-                        name="Upload a volume",
-                        load_directory=False,
-                        icon="mdi-file-upload",
-                        typed_state=TypedState(self.state, LoadVolumeItemsState, namespace="lfVol"),
+                    self._uploadButton(
+                        "Upload a volume", "mdi-file-upload", "lfVol", self.openUploads
                     )
-                    upload.on_load_volume.connect(self.openUploads)
 
     def _cutsCard(self) -> None:
         with v3.VCard(title="CUTSSegment", classes="mb-3"):
@@ -276,13 +275,9 @@ class LabelFreeWebApp(TrameApp):
                         density="compact",
                         id="lf-keep",
                     )
-                    upload = LoadVolumeButton(
-                        name="Upload a landmark model (.pt)",
-                        load_directory=False,
-                        icon="mdi-brain",
-                        typed_state=TypedState(self.state, LoadVolumeItemsState, namespace="lfMod"),
+                    self._uploadButton(
+                        "Upload a landmark model (.pt)", "mdi-brain", "lfMod", self.useUploadedModel
                     )
-                    upload.on_load_volume.connect(self.useUploadedModel)
                 html.Div("Model: {{ landmarkModel ? landmarkModel.split('/').pop() : 'bundled' }}")
                 v3.VBtn(
                     "Detect",
@@ -295,6 +290,16 @@ class LabelFreeWebApp(TrameApp):
                 with html.Div(classes="d-flex flex-wrap"):
                     for suffix in LANDMARK_SUFFIXES:
                         self._exportButton(f"Landmarks {suffix}", "landmarks", suffix, "landmarks")
+
+    def _uploadButton(self, text: str, icon: str, namespace: str, onFiles) -> None:
+        """trame-slicer's chunked file upload; ``onFiles(files)`` when a file has arrived."""
+        button = LoadVolumeButton(
+            name=text,
+            load_directory=False,
+            icon=icon,
+            typed_state=TypedState(self.state, LoadVolumeItemsState, namespace=namespace),
+        )
+        button.on_load_volume.connect(onFiles)
 
     def _exportButton(self, text, kind, suffix, enabledBy) -> None:
         v3.VBtn(

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import slicer
+
 from labelfree.errors import InputError
 from labelfree.web.modules import addModuleFolders
 
@@ -145,9 +147,12 @@ class WebSession:
             error=False,
         )
 
-    def _requireVolume(self):
+    def _idleVolume(self):
+        """The volume to start a job on; refuses while there is none or a job runs."""
         if self.volumeNode is None or self.volumeNode.GetScene() is None:
             raise InputError("Open a volume first.")
+        if self.runner.busy():
+            raise InputError("Wait for the running job to finish, or cancel it.")
         return self.volumeNode
 
     def _clearResults(self) -> None:
@@ -219,7 +224,7 @@ class WebSession:
 
     def _showLabels(self, labelmapNode) -> None:
         for view in self.sliceViews():
-            composite = _compositeNode(self.scene, view)
+            composite = _compositeNode(view)
             composite.SetLabelVolumeID(labelmapNode.GetID() if labelmapNode else None)
             composite.SetLabelOpacity(LABEL_OPACITY)
             view.schedule_render()
@@ -232,22 +237,21 @@ class WebSession:
         Advance it with :meth:`tick`; :meth:`cancel` stops it and leaves the scene as it was.
         Inputs are checked now (raises :class:`InputError`).
         """
-        volume = self._requireVolume()
-        if self.runner.busy():
-            raise InputError("Wait for the running job to finish, or cancel it.")
+        volume = self._idleVolume()
         steps = self.cuts.segmentSteps(volume, model, method=method, **options)
         self._clearResults()
-        self.runner.start(
-            "cuts",
-            StepJob(
-                steps,
-                onProgress=self._progress,
-                onDone=self._segmented,
-                onError=self._fail,
-                onCancel=self._cancelled,
-            ),
+        self._startJob("cuts", steps, self._segmented, "Segmenting...")
+
+    def _startJob(self, name: str, steps, onDone, message: str) -> None:
+        job = StepJob(
+            steps,
+            onProgress=self._progress,
+            onDone=onDone,
+            onError=self._fail,
+            onCancel=self._cancelled,
         )
-        self._update(job="cuts", progress=0.0, message="Segmenting...", error=False)
+        self.runner.start(name, job)
+        self._update(job=name, progress=0.0, message=message, error=False)
 
     def _progress(self, report) -> None:
         self._update(progress=float(report.fraction), message=str(report.message))
@@ -279,23 +283,11 @@ class WebSession:
 
     def startLandmarks(self, model=None, keep: int | None = None) -> None:
         """Start landmark detection (the bundled model for the volume's dimension by default)."""
-        volume = self._requireVolume()
-        if self.runner.busy():
-            raise InputError("Wait for the running job to finish, or cancel it.")
+        volume = self._idleVolume()
         steps = self.landmarkLogic.detectSteps(
             volume, model or None, keep=keep or None, outputNode=self.landmarksNode
         )
-        self.runner.start(
-            "landmarks",
-            StepJob(
-                steps,
-                onProgress=self._progress,
-                onDone=self._landmarksFound,
-                onError=self._fail,
-                onCancel=self._cancelled,
-            ),
-        )
-        self._update(job="landmarks", progress=0.0, message="Finding landmarks...", error=False)
+        self._startJob("landmarks", steps, self._landmarksFound, "Finding landmarks...")
 
     def _landmarksFound(self, node) -> None:
         self.landmarksNode = node
@@ -319,8 +311,7 @@ class WebSession:
 
     def cancel(self) -> None:
         """Cancel the running job; the scene stays as it was before it started."""
-        for name in ("cuts", "landmarks"):
-            self.runner.cancel(name)
+        self.runner.cancelAll()
 
     # -- export ---------------------------------------------------------------------------
 
@@ -359,13 +350,14 @@ class WebSession:
         return path
 
 
-def _compositeNode(scene, view):
+def _compositeNode(view):
     """The slice composite node (background, foreground and label layers) of a slice view."""
-    layoutName = view.get_view_node().GetLayoutName()
-    for node in scene.GetNodesByClass("vtkMRMLSliceCompositeNode"):
-        if node.GetLayoutName() == layoutName:
-            return node
-    raise RuntimeError(f"The slice view {layoutName} has no composite node.")
+    node = slicer.vtkMRMLSliceLogic.GetSliceCompositeNode(view.get_view_node())
+    if node is None:
+        raise RuntimeError(
+            f"The slice view {view.get_view_node().GetName()} has no composite node."
+        )
+    return node
 
 
 def _checkSuffix(suffix: str, allowed: tuple[str, ...]) -> None:
