@@ -9,11 +9,14 @@ Protocols, applied to every method alike (as in the CUTS paper and the module):
 - *hint*: the cluster most common under the true mask;
 - *click*: the cluster under one click at the mask's most central pixel, its connected part.
 CUTS reports its best level (what scrubbing the slider gives) and its persistent-structures
-map (the one answer a batch user gets). SLIC, Felzenszwalb, watershed on Sobel and k-means on
-intensities are tuned on a separate tuning split (best mean hint Dice over a small grid) and
-reported on the report split, in the same run.
+map (the one answer a batch user gets), on its embeddings and on its texture features
+(``texture_scale``, :mod:`labelfree.cuts.texture`; the scale is tuned like the baselines'
+parameters). SLIC, Felzenszwalb, watershed on Sobel and k-means on intensities are tuned on a
+separate tuning split (best mean hint Dice over a small grid) and reported on the report split,
+in the same run. A regular grid of cells, which looks at no pixel, shows how much position
+alone scores.
 
-Usage: python bench/texture_cuts.py [--images 8] [--sizes 128 256]  (about 3 minutes)
+Usage: python bench/texture_cuts.py [--images 8] [--sizes 128 256]  (about 6 minutes)
 """
 
 from __future__ import annotations
@@ -112,8 +115,16 @@ def run_whole(img):
     return np.zeros(img.shape, dtype=np.int32)
 
 
+def run_grid(img, cells):
+    """``cells`` x ``cells`` equal rectangles: position only, no pixel is looked at."""
+    rows = np.arange(img.shape[0]) * cells // img.shape[0]
+    cols = np.arange(img.shape[1]) * cells // img.shape[1]
+    return (rows[:, None] * cells + cols[None, :]).astype(np.int32)
+
+
 BASELINES = {
     "whole image (one label, for scale)": (run_whole, {}),
+    "regular grid (position only)": (run_grid, {"cells": [2, 3, 4]}),
     "SLIC": (run_slic, {"n_segments": [4, 10, 30], "compactness": [0.01, 0.1, 1.0]}),
     "Felzenszwalb": (run_felzenszwalb, {"scale": [100, 400, 1600], "sigma": [0.5, 2.0, 4.0]}),
     "watershed on Sobel": (run_watershed, {"markers": [4, 10, 30]}),
@@ -132,9 +143,17 @@ def scores(labels: np.ndarray, truth: np.ndarray, none: int | None = None) -> tu
     return dice(hint, truth), dice(click, truth)
 
 
-def cuts_scores(image, truth, seed: int, model=None, tag="") -> dict[str, tuple[float, float]]:
+TEXTURE_SCALES = (4.0, 8.0, 16.0)
+"""Texture pooling scales (pixels) tried on the tuning split."""
+
+
+def cuts_scores(
+    image, truth, seed: int, model=None, tag="", texture_scale=0.0
+) -> dict[str, tuple[float, float]]:
     geometry = Image(image, (1.0, 1.0), (0.0, 0.0), np.eye(2))
-    result = segment_volume(geometry, model, method="levels", device="cpu", seed=seed)
+    result = segment_volume(
+        geometry, model, method="levels", device="cpu", seed=seed, texture_scale=texture_scale
+    )
     per_level = [scores(level, truth) for level in result.levels]
     return {
         f"LabelFree{tag} best level": (max(s[0] for s in per_level), max(s[1] for s in per_level)),
@@ -150,6 +169,20 @@ def trained_on(images: list[np.ndarray], epochs: int):
     model = result.model
     model.normalisation = result.config["normalisation"]
     return model
+
+
+def tuned_texture_scale(cases) -> float:
+    """The texture scale whose best level has the best mean hint Dice on ``cases``."""
+    means = {
+        scale: np.mean(
+            [
+                cuts_scores(img, truth, seed=n, texture_scale=scale)["LabelFree best level"][0]
+                for n, (img, truth) in enumerate(cases)
+            ]
+        )
+        for scale in TEXTURE_SCALES
+    }
+    return max(means, key=means.get)
 
 
 def tuned(fn, grid, cases) -> dict:
@@ -183,17 +216,29 @@ def main() -> int:
         tune = [mosaic(rng, textures, size) for _ in range(args.images)]
         report = [mosaic(rng, textures, size) for _ in range(args.images)]
         results: dict[str, list[tuple[float, float]]] = {}
+        scale = tuned_texture_scale(tune)
         adapted = (
             trained_on([img for img, _ in tune], args.train_epochs) if args.train_epochs else None
         )
         for number, (image, truth) in enumerate(report):
             found = cuts_scores(image, truth, seed=number)
+            found |= cuts_scores(
+                image, truth, seed=number, tag=" texture features", texture_scale=scale
+            )
             if adapted is not None:
                 tag = f" trained on the tuning split ({args.train_epochs} epochs),"
                 found |= cuts_scores(image, truth, seed=number, model=adapted, tag=tag)
+                found |= cuts_scores(
+                    image,
+                    truth,
+                    seed=number,
+                    model=adapted,
+                    tag=tag + " texture features",
+                    texture_scale=scale,
+                )
             for name, value in found.items():
                 results.setdefault(name, []).append(value)
-        chosen = {}
+        chosen = {"LabelFree texture features": {"texture_scale": scale}}
         for name, (fn, grid) in BASELINES.items():
             chosen[name] = tuned(fn, grid, tune)
             results[name] = [scores(fn(img, **chosen[name]), truth) for img, truth in report]

@@ -118,6 +118,7 @@ def test_segment_rgb_png_writes_2d_label_images(tmp_path):
         ("nan", "NaN"),
         ("huge", "rescale"),
         ("k", "k from 2 to 255"),
+        ("texture", "texture_scale must be >= 0"),
         ("tiny", "17 x 17"),
         ("rgb", "grayscale"),
         ("missing", "not found"),
@@ -150,7 +151,8 @@ def test_segment_bad_input_exits_2_and_writes_nothing(tmp_path, grey_model, caps
         model = tmp_path / "foreign.pt"
         torch.save({"encoder": torch.zeros(4)}, model)
     out = tmp_path / "out"
-    extra = ("--method", "kmeans", "--k", 100000) if case == "k" else ()
+    extra = {"k": ("--method", "kmeans", "--k", 100000), "texture": ("--texture-scale", -2)}
+    extra = extra.get(case, ())
     code = run(
         "segment", source, "--out", out, "--model", model, "--device", "cpu", "--quiet", *extra
     )

@@ -56,6 +56,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     seg.add_argument("--k", type=int, default=10, help="clusters of spectral k-means (default 10)")
     seg.add_argument("--max-levels", type=int, default=12, help="most levels kept (default 12)")
     seg.add_argument("--batch-size", type=int, default=8, help="slices per encoder pass")
+    seg.add_argument(
+        "--texture-scale",
+        type=float,
+        default=0.0,
+        metavar="PX",
+        help="condense local histograms of embedding words pooled over this many pixels, for "
+        "structures told apart by texture (default 0: the embeddings themselves)",
+    )
+    seg.add_argument(
+        "--texture-words", type=int, default=64, help="words of the texture features (default 64)"
+    )
     seg.add_argument("--bf16", action="store_true", help="bf16 encoder (GPUs, recent CPUs)")
     seg.add_argument("--format", choices=FORMATS, default="nrrd", help="label file format")
     seg.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -134,6 +145,8 @@ def _segment_main(args: argparse.Namespace) -> int:
         bf16=args.bf16,
         batch_size=args.batch_size,
         max_levels=args.max_levels,
+        texture_scale=args.texture_scale,
+        texture_words=args.texture_words,
     )
     progress = _progress_printer("cuts", args.quiet)
     cases = list_cases(args.inputs)

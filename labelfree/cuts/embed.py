@@ -34,6 +34,7 @@ import torch.nn.functional as F  # noqa: N812 -- the universal torch idiom
 from labelfree.cuts.encoder import KERNEL, NEGATIVE_SLOPE, RECEPTIVE_FIELD
 from labelfree.cuts.model import CutsModel
 from labelfree.cuts.normalise import normalise
+from labelfree.cuts.texture import TextureWords, texture_features
 from labelfree.devices import resolve_device
 from labelfree.errors import InputError
 from labelfree.io import Image
@@ -119,6 +120,7 @@ def embed_slices(
     device: str | torch.device = "cpu",
     batch_size: int = 8,
     bf16: bool | str = False,
+    texture: TextureWords | None = None,
 ) -> Iterator[np.ndarray]:
     """Embed normalised slices one batch at a time.
 
@@ -135,11 +137,15 @@ def embed_slices(
         Slices per forward pass (memory grows with ``batch_size * H * W``).
     bf16 : bool or "auto"
         Run under bf16 autocast; ``"auto"`` only where the device runs bf16 natively.
+    texture : TextureWords, optional
+        Return each pixel's texture features (:mod:`labelfree.cuts.texture`) instead of
+        its embedding.
 
     Yields
     ------
     ndarray
-        ``(H, W, embed_dim)`` float32 embedding of each slice, in order.
+        ``(H, W, embed_dim)`` float32 embedding of each slice, in order, or ``(H, W, K)``
+        texture features.
 
     Raises
     ------
@@ -164,8 +170,10 @@ def embed_slices(
             torch.inference_mode(),
             torch.autocast(device.type, torch.bfloat16, enabled=use_bf16),
         ):
-            out = _run_folded(layers, batch.to(device, torch.float32))
-        out = out.float().permute(0, 2, 3, 1).contiguous().cpu().numpy()
+            out = _run_folded(layers, batch.to(device, torch.float32)).float()
+            if texture is not None:
+                out = texture_features(out, texture)
+        out = out.permute(0, 2, 3, 1).contiguous().cpu().numpy()
         yield from out
 
 

@@ -94,8 +94,9 @@ from labelfree.cuts.model import CutsModel
 from labelfree.cuts.stages.assign import assign_steps
 from labelfree.cuts.stages.hierarchy import kmeans_per_node, pooled_hierarchy
 from labelfree.cuts.stages.labels import label_maps
-from labelfree.cuts.stages.pool import pool_steps
+from labelfree.cuts.stages.pool import pool_steps, word_steps
 from labelfree.cuts.stages.prepare import check_image, load_model, prepare
+from labelfree.cuts.stages.tiles import halo
 from labelfree.devices import resolve_device
 from labelfree.errors import InputError
 from labelfree.io import Image
@@ -267,6 +268,8 @@ def segment_volume_steps(
     tile_pixels: int = 2**19,
     max_memory: int | None = None,
     normalize: bool = False,
+    texture_scale: float = 0.0,
+    texture_words: int = 64,
 ) -> Generator[Progress, None, VolumeSegmentation]:
     """Segment an image or volume at several granularities, as steps.
 
@@ -321,6 +324,14 @@ def segment_volume_steps(
         hint protocol) un-normalised embeddings gave a level separating grey
         (Dice 0.86) from white matter (0.90), normalised ones never above
         GM 0.66, because the embedding's length carries intensity.
+    texture_scale : float
+        0 (default): condense the embeddings. Above 0: condense texture features instead,
+        local histograms of ``texture_words`` embedding words pooled by a Gaussian of this
+        many pixels (:mod:`labelfree.cuts.texture`), for structures that differ in texture
+        rather than in local appearance (``bench/README.md`` section 9). Labels then follow
+        edges only to about this scale.
+    texture_words : int
+        Words of the texture features (2-256).
 
     Raises
     ------
@@ -351,6 +362,11 @@ def segment_volume_steps(
             f"{RECEPTIVE_FIELD} x {RECEPTIVE_FIELD} (its receptive field). Use a larger image"
             + (" or slice along another axis." if image.ndim == 3 else ".")
         )
+    if not (float(texture_scale) >= 0 and 2 <= int(texture_words) <= 256):
+        raise InputError(
+            f"texture_scale must be >= 0 pixels (0 = off) and texture_words from 2 to 256, not "
+            f"{texture_scale} and {texture_words}."
+        )
     if int(tile_pixels) < 4096:
         raise InputError("tile_pixels must be at least 4096 (64 x 64 pixels).")
     batch_size = _fit_batch(
@@ -367,11 +383,32 @@ def segment_volume_steps(
     yield Progress(0.0, "Loading the model")
     net, config, card = load_model(model, image.channels)
     torch_device = resolve_device(device)
-    prepared = prepare(image, axis_np if image.ndim == 3 else None, config["normalisation"])
+    prepared = prepare(
+        image, axis_np if image.ndim == 3 else None, config["normalisation"], halo(texture_scale)
+    )
     has_background = prepared.background is not None
     seconds["prepare"] = time.perf_counter() - start
 
     t0 = time.perf_counter()
+    texture = None
+    if texture_scale > 0:
+        yield Progress(0.0, "Fitting texture words")
+        texture = yield from scaled(
+            word_steps(
+                net,
+                prepared,
+                seed,
+                scale=float(texture_scale),
+                n_words=int(texture_words),
+                pool_slices=pool_slices,
+                cache_bytes=cache_bytes,
+                tile_pixels=tile_pixels,
+                device=torch_device,
+                bf16=bf16,
+            ),
+            0.0,
+            0.1,
+        )
     pool = yield from scaled(
         pool_steps(
             net,
@@ -383,8 +420,9 @@ def segment_volume_steps(
             tile_pixels=tile_pixels,
             device=torch_device,
             bf16=bf16,
+            texture=texture,
         ),
-        0.0,
+        0.0 if texture is None else 0.1,
         0.3,
     )
     seconds["embed"] = time.perf_counter() - t0
@@ -418,6 +456,7 @@ def segment_volume_steps(
             device=torch_device,
             bf16=bf16,
             seconds=seconds,
+            texture=texture,
         ),
         0.35,
         0.95,

@@ -16,7 +16,8 @@ from labelfree.cuts.condense import Hierarchy
 from labelfree.cuts.model import CutsModel
 from labelfree.cuts.stages.pool import Pool
 from labelfree.cuts.stages.prepare import Prepared
-from labelfree.cuts.stages.tiles import batches, embed_plan, tile_plan, union
+from labelfree.cuts.stages.tiles import batches, embed_plan, halo, tile_plan, union
+from labelfree.cuts.texture import TextureWords
 from labelfree.progress import Progress, Steps
 
 
@@ -31,8 +32,11 @@ def assign_steps(
     device: torch.device,
     bf16: bool,
     seconds: dict[str, float],
+    texture: TextureWords | None = None,
 ) -> Steps[np.ndarray]:
     """Node ids ``(S, H, W)`` of every pixel, yielding progress per batch of slices.
+
+    With ``texture``, pixels are labelled by their texture features, as the pool was.
 
     Empties ``pool.cache``. Adds the time spent embedding to ``seconds["embed"]`` and sets
     ``seconds["assign"]`` to the time spent finding nodes.
@@ -58,8 +62,9 @@ def assign_steps(
     for done, group in enumerate(todo):
         box = union([boxes[i] for i in group])
         t0 = time.perf_counter()
-        plan = tile_plan(box, content.shape[1:], tile_pixels, len(group))
-        for core, embs in embed_plan(net, prepared.slices, group, plan, device, bf16):
+        grow = halo(texture.scale if texture is not None else 0.0)
+        plan = tile_plan(box, content.shape[1:], tile_pixels, len(group), grow)
+        for core, embs in embed_plan(net, prepared.slices, group, plan, device, bf16, texture):
             t1 = time.perf_counter()
             for index, emb in zip(group, embs, strict=True):
                 assign_slice(nodes[index], content[index], core, emb, assign)

@@ -15,7 +15,8 @@ import torch
 
 from labelfree.cuts.model import CutsModel
 from labelfree.cuts.stages.prepare import Prepared
-from labelfree.cuts.stages.tiles import Box, area, embed_plan, tile_plan
+from labelfree.cuts.stages.tiles import Box, area, embed_plan, halo, tile_plan
+from labelfree.cuts.texture import TextureWords, fit_words
 from labelfree.progress import Progress, Steps
 
 POOL_TILE = 2**16
@@ -49,29 +50,33 @@ def pool_steps(
     tile_pixels: int,
     device: torch.device,
     bf16: bool,
+    texture: TextureWords | None = None,
 ) -> Steps[Pool]:
     """Embed the pool slices, yielding progress per slice; returns the :class:`Pool`.
 
-    ``rng`` draws the pooled pixels (and the tiles of slices too large to keep).
+    ``rng`` draws the pooled pixels (and the tiles of slices too large to keep). With
+    ``texture``, the pool holds texture features instead of embeddings.
     """
     content, boxes = prepared.content, prepared.boxes
     pool_ids = pool_indices(boxes, int(pool_slices))
     weights = np.array([np.count_nonzero(content[i]) for i in pool_ids], dtype=np.float64)
     quota = quotas(weights, int(pool_size))
     plane = content.shape[1:]
-    pool = Pool(np.empty((0, net.embed_dim), np.float32))
+    dim = net.embed_dim if texture is None else texture.n_words
+    grow = halo(texture.scale if texture is not None else 0.0)
+    pool = Pool(np.empty((0, dim), np.float32))
     cached = 0
     parts = []
     for done, index in enumerate(pool_ids):
         box = boxes[index]
-        keep_tiles = cached + area(box) * net.embed_dim * 4 <= cache_bytes
+        keep_tiles = cached + area(box) * dim * 4 <= cache_bytes
         if keep_tiles:
-            plan = tile_plan(box, plane, tile_pixels, 1)
+            plan = tile_plan(box, plane, tile_pixels, 1, grow)
         else:
-            plan = _sampled_tiles(box, content[index], tile_pixels, int(quota[done]), rng)
+            plan = _sampled_tiles(box, content[index], tile_pixels, int(quota[done]), rng, grow)
         chosen = _chosen_pixels(content[index], plan, int(quota[done]), rng)
         order, picked, tiles = [], [], []
-        for core, embs in embed_plan(net, prepared.slices, [index], plan, device, bf16):
+        for core, embs in embed_plan(net, prepared.slices, [index], plan, device, bf16, texture):
             rr, cc = np.nonzero(chosen[core])
             order.append((rr + core[0].start) * plane[1] + cc + core[1].start)
             picked.append(embs[0][rr, cc])
@@ -87,9 +92,9 @@ def pool_steps(
     return pool
 
 
-def _sampled_tiles(box, content, tile_pixels, quota, rng):
+def _sampled_tiles(box, content, tile_pixels, quota, rng, grow):
     """A seeded sample of small tiles of a slice too large to keep, enough for its quota."""
-    plan = tile_plan(box, content.shape, min(int(tile_pixels), POOL_TILE), 1)
+    plan = tile_plan(box, content.shape, min(int(tile_pixels), POOL_TILE), 1, grow)
     plan = [tile for tile in plan if content[tile[0]].any()]
     need = max(4 * quota, area(box) // 4)
     picked, covered = [], 0
@@ -129,3 +134,42 @@ def quotas(weights: np.ndarray, total: int) -> np.ndarray:
     rest = total - int(quota.sum())
     quota[np.argsort(-(share - quota), kind="stable")[:rest]] += 1
     return quota
+
+
+WORD_SAMPLE = 8192
+"""Pixel embeddings the texture words are fitted to."""
+
+
+def word_steps(
+    net: CutsModel,
+    prepared: Prepared,
+    seed: int,
+    *,
+    scale: float,
+    n_words: int,
+    pool_slices: int,
+    cache_bytes: int,
+    tile_pixels: int,
+    device: torch.device,
+    bf16: bool,
+) -> Steps[TextureWords]:
+    """Fit the texture words (:mod:`labelfree.cuts.texture`) to the image's own embeddings.
+
+    A seeded sample of :data:`WORD_SAMPLE` pixels is drawn from the pool slices as the pool is
+    (so it does not depend on the tiling either) and clustered into ``n_words`` words; the
+    embeddings are then dropped. Its own generator, so the pool drawn afterwards does not
+    depend on whether texture features are on.
+    """
+    rng = np.random.default_rng([int(seed), 1])
+    sample = yield from pool_steps(
+        net,
+        prepared,
+        rng,
+        pool_size=WORD_SAMPLE,
+        pool_slices=pool_slices,
+        cache_bytes=cache_bytes,
+        tile_pixels=tile_pixels,
+        device=device,
+        bf16=bf16,
+    )
+    return fit_words(sample.embeddings, min(n_words, len(sample.embeddings)), scale, seed)

@@ -17,7 +17,7 @@ import numpy as np
 
 from labelfree.cuts.embed import prepare_slices
 from labelfree.cuts.model import CutsModel, load_cuts_model
-from labelfree.cuts.stages.tiles import Box, content_box
+from labelfree.cuts.stages.tiles import HALO, Box, content_box
 from labelfree.errors import InputError
 from labelfree.io import Image
 
@@ -45,15 +45,20 @@ class Prepared:
     boxes: list[Box | None]
 
 
-def prepare(image: Image, axis: int | None, normalisation: dict[str, Any]) -> Prepared:
-    """Normalise ``image``, slice it along numpy ``axis`` (None for 2-D) and find its content."""
+def prepare(
+    image: Image, axis: int | None, normalisation: dict[str, Any], grow: int = HALO
+) -> Prepared:
+    """Normalise ``image``, slice it along numpy ``axis`` (None for 2-D) and find its content.
+
+    Content boxes reach ``grow`` pixels (the features' halo) beyond the content.
+    """
     slices = prepare_slices(image, axis, normalisation)
     background = background_value(slices)
     if background is None:
         content = np.ones(slices.shape[:1] + slices.shape[2:], dtype=bool)
     else:
         content = np.any(slices != background[None, :, None, None], axis=1)  # (S, H, W)
-    boxes = [content_box(c, c.shape) for c in content]
+    boxes = [content_box(c, c.shape, grow) for c in content]
     return Prepared(slices, background, content, boxes)
 
 

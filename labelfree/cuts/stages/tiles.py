@@ -2,7 +2,8 @@
 
 The encoder sees 8 pixels around each pixel (its 17 x 17 receptive field), so a box of pixels
 grown by that halo embeds exactly as the whole slice would: tiling and cropping change memory,
-never results.
+never results. Texture features (:mod:`labelfree.cuts.texture`) see further; their
+:func:`halo` is larger.
 """
 
 from __future__ import annotations
@@ -13,18 +14,26 @@ import torch
 from labelfree.cuts.embed import embed_slices
 from labelfree.cuts.encoder import RECEPTIVE_FIELD
 from labelfree.cuts.model import CutsModel
+from labelfree.cuts.texture import TextureWords, radius
 
 HALO = RECEPTIVE_FIELD // 2  # 8 pixels: how far an embedding sees
+
+
+def halo(texture_scale: float = 0.0) -> int:
+    """Pixels a pixel's features see on each side: 8, plus the texture pooling's reach."""
+    return HALO + (radius(texture_scale) if texture_scale > 0 else 0)
+
 
 Box = tuple[slice, slice]
 Plan = list[tuple[Box, Box]]
 
 
-def content_box(content: np.ndarray, shape: tuple[int, int]) -> Box | None:
+def content_box(content: np.ndarray, shape: tuple[int, int], grow: int = HALO) -> Box | None:
     """The in-plane box of pixels that do not see only background, at least 17 px wide.
 
     ``content`` is a ``(H, W)`` bool mask of non-background pixels (or a
-    union over slices). None when nothing differs from the background.
+    union over slices); the box reaches ``grow`` pixels (the :func:`halo`) beyond it.
+    None when nothing differs from the background.
     """
     rows = np.flatnonzero(content.any(axis=1))
     if rows.size == 0:
@@ -32,7 +41,7 @@ def content_box(content: np.ndarray, shape: tuple[int, int]) -> Box | None:
     cols = np.flatnonzero(content.any(axis=0))
     box = []
     for lo, hi, size in ((rows[0], rows[-1] + 1, shape[0]), (cols[0], cols[-1] + 1, shape[1])):
-        lo, hi = max(int(lo) - HALO, 0), min(int(hi) + HALO, size)
+        lo, hi = max(int(lo) - grow, 0), min(int(hi) + grow, size)
         short = RECEPTIVE_FIELD - (hi - lo)
         if short > 0:  # the encoder needs 17 x 17; grow symmetrically inside the plane
             lo = max(0, lo - (short + 1) // 2)
@@ -76,24 +85,27 @@ def _split(start: int, stop: int, side: int) -> list[tuple[int, int]]:
     return list(zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True))
 
 
-def tile_plan(box: Box, plane: tuple[int, int], tile_pixels: int, batch: int) -> Plan:
+def tile_plan(
+    box: Box, plane: tuple[int, int], tile_pixels: int, batch: int, grow: int = HALO
+) -> Plan:
     """Cut ``box`` into ``(core, window)`` tiles of at most ``tile_pixels`` per batch.
 
     A box that fits is one tile (its own window: it already holds the halo its
     content needs). Otherwise each core's window is the core grown by the
-    8-pixel halo, clamped to the plane, so every core pixel sees exactly the
-    neighbourhood it has in the whole image: tiling changes memory, not results.
+    ``grow``-pixel halo (:func:`halo`), clamped to the plane, so every core pixel
+    sees exactly the neighbourhood it has in the whole image: tiling changes
+    memory, not results.
     """
     budget = max(int(tile_pixels) // max(int(batch), 1), 1)
     if area(box) <= budget:
         return [(box, box)]
-    side = max(int(np.sqrt(budget)) - 2 * HALO, 2 * RECEPTIVE_FIELD)
+    side = max(int(np.sqrt(budget)) - 2 * grow, 2 * RECEPTIVE_FIELD)
     plan = []
     for r0, r1 in _split(box[0].start, box[0].stop, side):
         for c0, c1 in _split(box[1].start, box[1].stop, side):
             window = (
-                slice(max(r0 - HALO, 0), min(r1 + HALO, plane[0])),
-                slice(max(c0 - HALO, 0), min(c1 + HALO, plane[1])),
+                slice(max(r0 - grow, 0), min(r1 + grow, plane[0])),
+                slice(max(c0 - grow, 0), min(c1 + grow, plane[1])),
             )
             plan.append(((slice(r0, r1), slice(c0, c1)), window))
     return plan
@@ -106,11 +118,12 @@ def embed_plan(
     plan: Plan,
     device: torch.device,
     bf16: bool,
+    texture: TextureWords | None = None,
 ):
     """Embed consecutive ``slices[group]`` tile by tile.
 
     Yields ``(core, embeddings)``: one ``(h, w, D)`` array per slice of
-    ``group`` for the pixels of ``core``.
+    ``group`` for the pixels of ``core`` (``(h, w, K)`` texture features with ``texture``).
     """
     first, last = group[0], group[-1] + 1
     for core, window in plan:
@@ -120,6 +133,7 @@ def embed_plan(
             device=device,
             batch_size=last - first,
             bf16=bf16,
+            texture=texture,
         )
         inner = (
             slice(core[0].start - window[0].start, core[0].stop - window[0].start),
