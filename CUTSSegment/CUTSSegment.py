@@ -141,6 +141,7 @@ class CUTSSegmentParameterNode:
     method - Condensation levels, persistent structures or k-means.
     k - Clusters for k-means.
     slicingAxis - The axis the 2-D encoder slices along.
+    textureScale - Texture pooling in pixels; 0 condenses the embeddings themselves.
     seed - Random seed (the same seed gives the same labels).
     connectedPick - A click keeps only the connected part of the clicked cluster.
     adaptEpochs - Training epochs of "Adapt model to this volume".
@@ -152,6 +153,7 @@ class CUTSSegmentParameterNode:
     method: Method = Method.LEVELS
     k: Annotated[int, WithinRange(2, 64)] = 10
     slicingAxis: SlicingAxis = SlicingAxis.AUTO
+    textureScale: Annotated[float, WithinRange(0.0, 64.0)] = 0.0
     seed: Annotated[int, WithinRange(0, 1000000)] = 0
     connectedPick: bool = True
     adaptEpochs: Annotated[int, WithinRange(1, 200)] = 5
@@ -331,6 +333,7 @@ class CUTSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     axis=p.slicingAxis.value,
                     device=p.device.value,
                     seed=p.seed,
+                    textureScale=p.textureScale,
                     python=pythonSlicerExecutable(),
                 )
                 process = TrainingProcess(command, env=slicer.util.startupEnvironment())

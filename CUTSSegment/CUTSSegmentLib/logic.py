@@ -176,6 +176,7 @@ class CUTSSegmentLogic:
         batchSize: int = 8,
         maxLevels: int = 12,
         poolSize: int | None = None,
+        textureScale: float = 0.0,
         name: str | None = None,
     ) -> Steps[CUTSSegmentResult]:
         """Segment a volume step by step; the generator returns a :class:`CUTSSegmentResult`.
@@ -203,6 +204,10 @@ class CUTSSegmentLogic:
             Slices per encoder batch; most condensation levels kept.
         poolSize : int, optional
             Voxels pooled for condensation (the engine's default if None).
+        textureScale : float
+            0: condense the embeddings. Above 0: condense texture features pooled over this
+            many pixels, for structures told apart by texture
+            (:mod:`labelfree.cuts.texture`).
         name : str, optional
             Base name of the created nodes; from the input's name by default.
         """
@@ -216,6 +221,7 @@ class CUTSSegmentLogic:
             "seed": int(seed),
             "batch_size": int(batchSize),
             "max_levels": int(maxLevels),
+            "texture_scale": float(textureScale),
         }
         if poolSize is not None:
             options["pool_size"] = int(poolSize)
@@ -450,6 +456,7 @@ class CUTSSegmentLogic:
         device: str = "auto",
         seed: int = 0,
         maxLevels: int = 12,
+        textureScale: float = 0.0,
         python: str | None = None,
     ) -> list[str]:
         """Write the volume to ``workDir`` and return the command that segments it there.
@@ -478,6 +485,7 @@ class CUTSSegmentLogic:
             device=device,
             seed=int(seed),
             max_levels=int(maxLevels),
+            texture_scale=float(textureScale),
         )
 
     def loadSegmentation(self, inputVolumeNode, folder, name: str | None = None):

@@ -98,6 +98,9 @@ def buildParser() -> argparse.ArgumentParser:
     segment.add_argument("--max-levels", type=int, default=12, help="most levels kept")
     segment.add_argument("--batch-size", type=int, default=8, help="slices per encoder pass")
     segment.add_argument("--pool-size", type=int, default=None, help="voxels pooled to condense")
+    segment.add_argument(
+        "--texture-scale", type=float, default=0.0, help="texture pooling, pixels (0: off)"
+    )
     detect = methods.add_parser("detect", help="landmarks on many volumes (a batch)")
     detect.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="images or a folder")
     detect.add_argument("--out", required=True, type=Path, help="output folder")
@@ -147,6 +150,7 @@ def runSegmentation(args) -> Path:
         "device": args.device,
         "max_levels": args.max_levels,
         "batch_size": args.batch_size,
+        "texture_scale": args.texture_scale,
     }
     if args.pool_size is not None:
         options["pool_size"] = args.pool_size

@@ -334,11 +334,12 @@ def test_segmentation_in_a_child_process_equals_the_in_process_run(
     scene, obliqueVolumeNode, tinyModels, tmp_path
 ):
     """What the widget runs (a child process, so Slicer's main thread stays free) gives the
-    labels the logic computes in-process; cancelling it leaves no result folder."""
+    labels the logic computes in-process, texture features included; cancelling it leaves no
+    result folder."""
     from LabelFreeLib.training import TrainingProcess
 
     logic = CUTSSegmentLogic(scene)
-    options = {"maxLevels": 4, "seed": 3, "device": "cpu"}
+    options = {"maxLevels": 4, "seed": 3, "device": "cpu", "textureScale": 3.0}
     inProcess = logic.segment(obliqueVolumeNode, tinyModels["grey"], **options)
     inProcessMaps = [m.copy() for m in inProcess.maps]
 
