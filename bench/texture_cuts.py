@@ -47,7 +47,9 @@ def uniform_textures() -> list[np.ndarray]:
     out = []
     for name in TEXTURES:
         texture = getattr(data, name)().astype(np.float64)
-        ranks = np.argsort(np.argsort(texture, axis=None), kind="stable").reshape(texture.shape)
+        ranks = np.argsort(np.argsort(texture, axis=None, kind="stable"), kind="stable").reshape(
+            texture.shape
+        )
         out.append(ranks / (texture.size - 1))
     return out
 
@@ -143,7 +145,7 @@ def scores(labels: np.ndarray, truth: np.ndarray, none: int | None = None) -> tu
     return dice(hint, truth), dice(click, truth)
 
 
-TEXTURE_SCALES = (4.0, 8.0, 16.0)
+TEXTURE_SCALES = (4.0, 8.0, 16.0, 32.0)
 """Texture pooling scales (pixels) tried on the tuning split."""
 
 

@@ -153,32 +153,45 @@ def test_spectral_on_a_hierarchys_nodes_matches_spectral_on_points():
 
 
 def _halves(splits_at: int, n_levels: int = 5):
-    """10x10 levels: left half A and right half B; A splits into top A1 and bottom A2 from
-    level ``splits_at`` on (coarsest first)."""
+    """10x10 levels, coarsest first: left half A, right half B. B splits into 2**i pieces at
+    level i, so the cluster count grows by octaves while A stays; A splits into top A1 and
+    bottom A2 from level ``splits_at`` on."""
     a = np.zeros((10, 10), dtype=bool)
     a[:, :5] = True
     a1 = a.copy()
     a1[5:] = False
+    order = np.cumsum(~a.ravel()).reshape(10, 10) - 1  # 0..49 over B
     levels = []
     for i in range(n_levels):
-        split = i >= splits_at
-        levels.append(np.where(a, np.where(a1 & split, 2, 1), 0).ravel())
+        b_piece = order * 2**i // 50
+        a_label = np.where(a1 & (i >= splits_at), 1, 0)
+        levels.append(np.where(a, a_label, 2 + b_piece).ravel())
     return levels, a, a1
 
 
 def test_stable_structures_keep_a_split_that_outlives_its_parent():
-    levels, a, a1 = _halves(splits_at=2)  # A lives 2 levels (2 x 50); A1, A2 3 each (3 x 25 x 2)
+    # A lives 1 octave (2 -> 4 clusters) x 50 px; A1, A2 from 4 clusters to past the finest
+    # level (18 -> 36): 3.2 octaves x 25 px each.
+    levels, a, a1 = _halves(splits_at=1)
     painted = stable_structures(levels).reshape(10, 10)
-    assert painted.max() == 3  # B, A1, A2: every pixel in one structure
     assert np.unique(painted[a1]).size == 1 and np.unique(painted[a & ~a1]).size == 1
-    assert painted[a1][0] != painted[a & ~a1][0] and painted[~a][0] == 1  # B is the largest
+    assert painted[a1][0] != painted[a & ~a1][0] and painted[a1][0] > 0
+    assert not set(np.unique(painted[a])) & set(np.unique(painted[~a]))
 
 
 def test_stable_structures_keep_a_parent_that_outlives_its_split():
-    levels, a, _ = _halves(splits_at=4)  # A lives 4 levels (4 x 50); the halves 1 each
+    # A lives 3.2 octaves (2 -> 18 clusters) x 50 px; its halves 1 octave x 25 px each.
+    levels, a, _ = _halves(splits_at=4)
     painted = stable_structures(levels).reshape(10, 10)
-    assert painted.max() == 2
-    assert np.unique(painted[a]).size == 1 and np.unique(painted[~a]).size == 1
+    assert np.unique(painted[a]).size == 1 and painted[a][0] > 0
+    assert not set(np.unique(painted[a])) & set(np.unique(painted[~a]))
+
+
+def test_stable_structures_count_octaves_not_levels():
+    """Repeating a level adds no lifetime: the choice follows the cluster counts."""
+    levels, a, a1 = _halves(splits_at=1)
+    repeated = [levels[0]] * 6 + levels[1:]
+    np.testing.assert_array_equal(stable_structures(repeated), stable_structures(levels))
 
 
 def test_stable_structures_cover_a_structure_that_breaks_into_crumbs():

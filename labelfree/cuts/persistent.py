@@ -18,7 +18,11 @@ That rule (:func:`persistent_structures`, the reference's) leaves pixels with no
 structure breaks into pieces under the minimum area, and lets fine pieces overwrite a
 structure that was more persistent than they are. :func:`stable_structures`, which the volume
 runner uses, picks one partition from the tree of segments instead: HDBSCAN's excess-of-mass
-rule, with a segment's area times its persistence as its stability.
+rule, with a segment's area times its lifetime as its stability. The lifetime is counted in
+octaves of granularity (how many times the number of clusters doubles while the segment
+lasts), not in levels, because the kept levels are spaced unevenly: the fine ones double the
+cluster count each time, so counting levels let many small segments that each outlive one fine
+level outweigh the structure they crumble from.
 """
 
 from __future__ import annotations
@@ -148,8 +152,9 @@ def stable_structures(
     """The most persistent partition: segments picked from the level tree by excess of mass.
 
     Levels nest, so their segments form a tree (a segment's parent is the smallest segment of
-    a coarser level holding it). A segment's *stability* is its area times its persistence,
-    the number of levels it is seen in (as above). Going up from the finest segments, a segment
+    a coarser level holding it). A segment's *stability* is its area times its lifetime in
+    octaves: log2 of the cluster count of the first level without it over that of the level
+    where it appears (a segment of the finest level lives one octave past it). Going up from the finest segments, a segment
     is kept if it is at least as stable as the best choice among its descendants (HDBSCAN's
     excess-of-mass rule); segments under ``min_area_fraction`` of the area are never kept. The
     result covers the image with structures of whatever granularity is most persistent in
@@ -177,6 +182,8 @@ def stable_structures(
     weights = np.ones(n_items) if weights is None else np.asarray(weights, dtype=np.float64)
     minimum = min_area_fraction * float(weights.sum())
     # One row per segment: the level and label where it first appears, area, lifetime, parent.
+    counts = np.array([level.max() + 1 for level in flat] + [2 * (flat[-1].max() + 1)], float)
+    width = np.log2(counts[1:] / counts[:-1])  # octaves from each level to the next
     first_level, label, area, life, parent = [], [], [], [], []
     previous = None
     for i, level in enumerate(flat):
@@ -189,13 +196,13 @@ def stable_structures(
         for c in range(sizes.size):
             if previous is not None and area[up[c]] == sizes[c]:  # the same segment, still
                 ids[c] = up[c]
-                life[up[c]] += 1
+                life[up[c]] += width[i]
                 continue
             ids[c] = len(area)
             first_level.append(i)
             label.append(c)
             area.append(float(sizes[c]))
-            life.append(1)
+            life.append(width[i])
             parent.append(-1 if previous is None else int(up[c]))
         previous = ids
     kept = _excess_of_mass(np.array(area), np.array(life), np.array(parent), minimum)
