@@ -218,3 +218,25 @@ def test_stable_structures_of_nodes_equal_those_of_their_pixels():
     counts = np.bincount(fine, minlength=32)
     by_node = stable_structures(node_levels, weights=counts, min_area_fraction=0.02)[fine]
     assert ari(by_pixel, by_node) == 1.0 and by_pixel.max() == by_node.max()
+
+
+def test_a_structure_shedding_crumbs_stays_one_segment():
+    """A region losing a pixel at every level is still the same structure (HDBSCAN's rule).
+    Over six levels the cluster count grows by 2**0.2 a level (B splits off pixels), so A
+    lives about one octave in all, longer than the halves it finally splits into live; cut
+    into one short-lived segment per level, it would lose to them."""
+    a = np.zeros((10, 10), dtype=bool)
+    a[:, :5] = True
+    order = np.cumsum(~a.ravel()).reshape(10, 10) - 1  # 0..49 over B
+    levels = []
+    for i in range(7):
+        b_pieces = round(20 * 1.15 ** min(i, 5)) - 1 - min(i, 5)
+        labels = np.where(a, 0, 100 + np.minimum(order, b_pieces - 1))  # nested: one more each
+        for k in range(min(i, 5)):  # pixel k of A's first row has fallen off as a crumb
+            labels[0, k] = 10 + k
+        if i == 6:
+            labels[5:, :5] = 1  # the rest of A splits into halves at the finest level
+        levels.append(labels.ravel())
+    painted = stable_structures(levels, min_area_fraction=0.05).reshape(10, 10)
+    assert np.unique(painted[a]).size == 1 and painted[a][0] > 0
+    assert not set(np.unique(painted[a])) & set(np.unique(painted[~a]))

@@ -17,12 +17,16 @@ inside it. Ties in area go to the more persistent segment.
 That rule (:func:`persistent_structures`, the reference's) leaves pixels with no label where a
 structure breaks into pieces under the minimum area, and lets fine pieces overwrite a
 structure that was more persistent than they are. :func:`stable_structures`, which the volume
-runner uses, picks one partition from the tree of segments instead: HDBSCAN's excess-of-mass
-rule, with a segment's area times its lifetime as its stability. The lifetime is counted in
-octaves of granularity (how many times the number of clusters doubles while the segment
-lasts), not in levels, because the kept levels are spaced unevenly: the fine ones double the
-cluster count each time, so counting levels let many small segments that each outlive one fine
-level outweigh the structure they crumble from.
+runner uses, picks one partition from the tree of segments instead, by HDBSCAN's rules:
+- a segment goes on through a finer level as long as at most one of its parts there is at
+  least the minimum area; the crumbs that fall off it do not end it (without this, a region
+  shedding a few small clusters at every level was a new, short-lived segment each time, and
+  the region that it was never won);
+- its stability is the sum, over the levels it lives through, of its area there times the
+  octaves of granularity to the next level (log2 of their cluster counts). Octaves, not
+  levels, because the kept levels are spaced unevenly: the fine ones double the count;
+- the excess-of-mass rule picks, bottom up, a segment or the best choice among its
+  descendants, whichever is more stable.
 """
 
 from __future__ import annotations
@@ -151,15 +155,17 @@ def stable_structures(
 ) -> np.ndarray:
     """The most persistent partition: segments picked from the level tree by excess of mass.
 
-    Levels nest, so their segments form a tree (a segment's parent is the smallest segment of
-    a coarser level holding it). A segment's *stability* is its area times its lifetime in
-    octaves: log2 of the cluster count of the first level without it over that of the level
-    where it appears (a segment of the finest level lives one octave past it). Going up from the finest segments, a segment
-    is kept if it is at least as stable as the best choice among its descendants (HDBSCAN's
-    excess-of-mass rule); segments under ``min_area_fraction`` of the area are never kept. The
-    result covers the image with structures of whatever granularity is most persistent in
-    each place, instead of painting fine segments over coarse ones (:func:`persistent_structures`),
-    which leaves the parts of a structure that split into small segments with no label.
+    Levels nest, so their segments form a tree: a segment ends where it splits into two or
+    more parts of at least ``min_area_fraction`` of the area, which become its children
+    (smaller parts only fall off it). A segment's *stability* sums its area at each level it
+    lives through times the octaves to the next level (log2 of the cluster counts; the
+    finest level counts one octave). Going up from the finest segments, a segment is kept if
+    it is at least as stable as the best choice among its descendants (HDBSCAN's
+    excess-of-mass rule). The result covers the image with structures of whatever
+    granularity is most persistent in each place (each kept segment with all it held when it
+    appeared), instead of painting fine segments over coarse ones
+    (:func:`persistent_structures`), which leaves the parts of a structure that split into
+    small segments with no label.
 
     Parameters
     ----------
@@ -181,31 +187,37 @@ def stable_structures(
     flat = _as_levels(levels, n_items)
     weights = np.ones(n_items) if weights is None else np.asarray(weights, dtype=np.float64)
     minimum = min_area_fraction * float(weights.sum())
-    # One row per segment: the level and label where it first appears, area, lifetime, parent.
     counts = np.array([level.max() + 1 for level in flat] + [2 * (flat[-1].max() + 1)], float)
     width = np.log2(counts[1:] / counts[:-1])  # octaves from each level to the next
-    first_level, label, area, life, parent = [], [], [], [], []
-    previous = None
+    # One row per segment: the level and label where it first appears, area, stability, parent.
+    first_level, label, area, stability, parent = [], [], [], [], []
+    segment_of = None  # per cluster of the level above: its segment, -1 for fallen-off crumbs
     for i, level in enumerate(flat):
         sizes = np.bincount(level, weights=weights)
-        ids = np.empty(sizes.size, dtype=np.int64)
-        if previous is not None:
+        big = sizes >= minimum
+        if segment_of is None:
+            up = np.full(sizes.size, -1, dtype=np.int64)
+        else:
             item = np.empty(sizes.size, dtype=np.int64)
             item[level] = np.arange(n_items)  # one item of each cluster
-            up = previous[flat[i - 1][item]]  # the segment holding it at the level above
-        for c in range(sizes.size):
-            if previous is not None and area[up[c]] == sizes[c]:  # the same segment, still
-                ids[c] = up[c]
-                life[up[c]] += width[i]
+            up = segment_of[flat[i - 1][item]]  # the segment holding it at the level above
+        alive = big & ((up >= 0) if segment_of is not None else True)
+        big_children = np.bincount(up[alive & (up >= 0)], minlength=len(area))
+        ids = np.full(sizes.size, -1, dtype=np.int64)
+        for c in np.flatnonzero(alive):
+            if up[c] >= 0 and big_children[up[c]] == 1:
+                ids[c] = up[c]  # the segment goes on; only crumbs fell off it
                 continue
             ids[c] = len(area)
             first_level.append(i)
             label.append(c)
             area.append(float(sizes[c]))
-            life.append(width[i])
-            parent.append(-1 if previous is None else int(up[c]))
-        previous = ids
-    kept = _excess_of_mass(np.array(area), np.array(life), np.array(parent), minimum)
+            stability.append(0.0)
+            parent.append(int(up[c]))
+        for c in np.flatnonzero(ids >= 0):
+            stability[ids[c]] += sizes[c] * width[i]
+        segment_of = ids
+    kept = _excess_of_mass(np.array(stability), np.array(parent, dtype=np.int64))
     out = np.zeros(n_items, dtype=np.int32)
     order = sorted(np.flatnonzero(kept), key=lambda s: (-area[s], s))
     for value, s in enumerate(order, start=1):
@@ -213,20 +225,17 @@ def stable_structures(
     return out
 
 
-def _excess_of_mass(
-    area: np.ndarray, life: np.ndarray, parent: np.ndarray, minimum: float
-) -> np.ndarray:
+def _excess_of_mass(stability: np.ndarray, parent: np.ndarray) -> np.ndarray:
     """Which segments to keep; parents come before their children in the arrays."""
-    stability = np.where(area >= minimum, area * life, 0.0)
-    below = np.zeros(area.size)  # best value among each segment's descendants
-    chosen = np.zeros(area.size, dtype=bool)
-    for s in range(area.size - 1, -1, -1):
+    below = np.zeros(stability.size)  # best value among each segment's descendants
+    chosen = np.zeros(stability.size, dtype=bool)
+    for s in range(stability.size - 1, -1, -1):
         chosen[s] = stability[s] > 0 and stability[s] >= below[s]
         if parent[s] >= 0:
             below[parent[s]] += stability[s] if chosen[s] else below[s]
-    kept = np.zeros(area.size, dtype=bool)
-    covered = np.zeros(area.size, dtype=bool)  # an ancestor is kept
-    for s in range(area.size):
+    kept = np.zeros(stability.size, dtype=bool)
+    covered = np.zeros(stability.size, dtype=bool)  # an ancestor is kept
+    for s in range(stability.size):
         covered[s] = parent[s] >= 0 and (covered[parent[s]] or kept[parent[s]])
         kept[s] = chosen[s] and not covered[s]
     return kept

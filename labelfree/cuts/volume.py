@@ -7,6 +7,9 @@ Pipeline
    matrix). A 2-D image, grey or RGB, is the one-slice case.
 2. **Pool pass.** Embed up to ``pool_slices`` slices spread evenly over the
    volume and draw a seeded sample of ``pool_size`` pixel embeddings from them.
+   With ``texture_scale`` > 0, words are first fitted to a sample of the
+   embeddings, and every pixel's features become its local word histogram
+   (:mod:`labelfree.cuts.texture`) from here on.
 3. Run diffusion condensation (:func:`labelfree.cuts.condense`) once on that
    pool, keep the ``max_levels`` most persistent levels
    (:func:`labelfree.cuts.select_levels`), and optionally spectral k-means.
