@@ -24,7 +24,8 @@ from labelfree.io import Image
 
 def maps(image: np.ndarray, texture_scale: float) -> list[np.ndarray]:
     """Four levels from coarse to fine and the persistent structures."""
-    geometry = Image(image, (1.0, 1.0), (0.0, 0.0), np.eye(2))
+    channels = 3 if image.ndim == 3 else 1
+    geometry = Image(image, (1.0, 1.0), (0.0, 0.0), np.eye(2), channels)
     result = segment_volume(geometry, None, device="cpu", seed=0, texture_scale=texture_scale)
     picks = np.linspace(0, max(len(result.levels) - 3, 0), 4).round().astype(int)
     return [result.levels[i] for i in picks] + [result.persistent]
