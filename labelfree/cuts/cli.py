@@ -65,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "structures told apart by texture (default 0: the embeddings themselves)",
     )
     seg.add_argument(
-        "--texture-words", type=int, default=64, help="words of the texture features (default 64)"
+        "--texture-words", type=int, default=128, help="words of the texture features (default 128)"
     )
     seg.add_argument("--bf16", action="store_true", help="bf16 encoder (GPUs, recent CPUs)")
     seg.add_argument("--format", choices=FORMATS, default="nrrd", help="label file format")
