@@ -113,3 +113,19 @@ def test_refuses_bad_texture_options(grey_model, options):
     image, _ = two_textures()
     with pytest.raises(InputError, match="texture"):
         segment_volume(Image(image, (1.0, 1.0), (0.0, 0.0), np.eye(2)), grey_model, **options)
+
+
+def test_texture_features_are_float32_under_bf16(grey_model):
+    """bf16 autocast runs the encoder only; the words are chosen from float32 features."""
+    image, _ = two_textures(size=32)
+    geometry = Image(image, (1.0, 1.0), (0.0, 0.0), np.eye(2))
+    result = segment_volume(geometry, grey_model, seed=0, texture_scale=2.0, bf16=True, **FAST)
+    assert result.levels[0].shape == (32, 32)
+
+
+def test_refuses_an_infinite_texture_scale(grey_model):
+    image, _ = two_textures()
+    with pytest.raises(InputError, match="texture"):
+        segment_volume(
+            Image(image, (1.0, 1.0), (0.0, 0.0), np.eye(2)), grey_model, texture_scale=np.inf
+        )

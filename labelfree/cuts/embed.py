@@ -170,8 +170,10 @@ def embed_slices(
             torch.inference_mode(),
             torch.autocast(device.type, torch.bfloat16, enabled=use_bf16),
         ):
-            out = _run_folded(layers, batch.to(device, torch.float32)).float()
-            if texture is not None:
+            out = _run_folded(layers, batch.to(device, torch.float32))
+        out = out.float()
+        if texture is not None:  # in float32: nearest words from bf16 scores would be coarse
+            with torch.inference_mode():
                 out = texture_features(out, texture)
         out = out.permute(0, 2, 3, 1).contiguous().cpu().numpy()
         yield from out

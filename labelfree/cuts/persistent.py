@@ -180,8 +180,9 @@ def stable_structures(
     Returns
     -------
     (N,) ndarray of int32
-        Labels ``1..K`` numbered by decreasing area; 0 for items in no kept segment (parts too
-        small to stand alone inside a structure that split).
+        Labels ``1..K`` numbered by decreasing area; 0 for items in no kept segment: clusters
+        under the minimum area at the coarsest level, and the crumbs a segment shed before
+        it split, where its parts were kept instead of it.
     """
     n_items = np.asarray(levels[0]).size if len(levels) else 0
     flat = _as_levels(levels, n_items)

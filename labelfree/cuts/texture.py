@@ -114,8 +114,10 @@ def texture_features(embeddings: torch.Tensor, texture: TextureWords) -> torch.T
     flat = embeddings.permute(0, 2, 3, 1).reshape(-1, dim)
     # argmin |x - w|^2 = argmin (|w|^2 / 2 - x . w): |x|^2 is common to all words.
     score = torch.addmm(0.5 * (words * words).sum(dim=1), flat, words.T, alpha=-1.0)
-    nearest = score.argmin(dim=1).view(batch, height, width)
-    onehot = F.one_hot(nearest, texture.n_words).permute(0, 3, 1, 2).to(embeddings.dtype)
+    nearest = score.argmin(dim=1).view(batch, 1, height, width)
+    onehot = torch.zeros(
+        batch, texture.n_words, height, width, dtype=embeddings.dtype, device=embeddings.device
+    ).scatter_(1, nearest, 1.0)
     pooled = _gaussian(onehot, texture.scale) / _gaussian(
         torch.ones_like(onehot[:, :1]), texture.scale
     )

@@ -84,6 +84,7 @@ its arguments and runs them in order.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Generator, Sequence
@@ -366,7 +367,7 @@ def segment_volume_steps(
             f"{RECEPTIVE_FIELD} x {RECEPTIVE_FIELD} (its receptive field). Use a larger image"
             + (" or slice along another axis." if image.ndim == 3 else ".")
         )
-    if not (float(texture_scale) >= 0 and 2 <= int(texture_words) <= 256):
+    if not (0 <= float(texture_scale) < math.inf and 2 <= int(texture_words) <= 256):
         raise InputError(
             f"texture_scale must be >= 0 pixels (0 = off) and texture_words from 2 to 256, not "
             f"{texture_scale} and {texture_words}."

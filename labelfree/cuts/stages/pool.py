@@ -17,6 +17,7 @@ from labelfree.cuts.model import CutsModel
 from labelfree.cuts.stages.prepare import Prepared
 from labelfree.cuts.stages.tiles import Box, area, embed_plan, halo, tile_plan
 from labelfree.cuts.texture import TextureWords, fit_words
+from labelfree.errors import InputError
 from labelfree.progress import Progress, Steps
 
 POOL_TILE = 2**16
@@ -172,4 +173,9 @@ def word_steps(
         device=device,
         bf16=bf16,
     )
+    if len(sample.embeddings) < 2:
+        raise InputError(
+            "Texture features need at least 2 pixels that are not background; this image has "
+            "fewer. Set the texture scale to 0."
+        )
     return fit_words(sample.embeddings, min(n_words, len(sample.embeddings)), scale, seed)
