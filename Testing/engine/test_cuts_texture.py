@@ -83,10 +83,11 @@ def test_texture_features_separate_what_one_patch_cannot(grey_model):
     assert textured > 0.9 and plain < textured - 0.2
 
 
-def test_texture_mode_is_seeded_and_tiling_changes_memory_not_labels(grey_model):
+@pytest.mark.parametrize("scale", [3.0, 12.0])  # 12: the halo is wider than a budget's core
+def test_texture_mode_is_seeded_and_tiling_changes_memory_not_labels(grey_model, scale):
     image, _ = two_textures(size=96)
     geometry = Image(image, (1.0, 1.0), (0.0, 0.0), np.eye(2))
-    options = {**FAST, "seed": 3, "texture_scale": 3.0, "texture_words": 8}
+    options = {**FAST, "seed": 3, "texture_scale": scale, "texture_words": 8}
     whole = segment_volume(geometry, grey_model, **options)
     again = segment_volume(geometry, grey_model, **options)
     tiled = segment_volume(geometry, grey_model, tile_pixels=4096, **options)

@@ -99,7 +99,9 @@ def tile_plan(
     budget = max(int(tile_pixels) // max(int(batch), 1), 1)
     if area(box) <= budget:
         return [(box, box)]
-    side = max(int(np.sqrt(budget)) - 2 * grow, 2 * RECEPTIVE_FIELD)
+    # A wide halo (texture features) would leave slivers of core in large windows: keep the
+    # core at least as wide as the halo, so that it fills a quarter of its window or more.
+    side = max(int(np.sqrt(budget)) - 2 * grow, 2 * RECEPTIVE_FIELD, 2 * grow)
     plan = []
     for r0, r1 in _split(box[0].start, box[0].stop, side):
         for c0, c1 in _split(box[1].start, box[1].stop, side):
