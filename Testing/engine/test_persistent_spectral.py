@@ -240,3 +240,15 @@ def test_a_structure_shedding_crumbs_stays_one_segment():
     painted = stable_structures(levels, min_area_fraction=0.05).reshape(10, 10)
     assert np.unique(painted[a]).size == 1 and painted[a][0] > 0
     assert not set(np.unique(painted[a])) & set(np.unique(painted[~a]))
+
+
+def test_one_segment_holding_everything_is_no_answer_when_it_splits():
+    """A coarsest level of one segment (and crumbs) lives two octaves, 1 -> 4 clusters, and
+    outweighs its halves; it is still not the answer (HDBSCAN without a single cluster)."""
+    halves = np.repeat([0, 1], 50)
+    halves[0], halves[99] = 2, 3  # two crumbs
+    levels = [np.zeros(100, dtype=int), halves]
+    painted = stable_structures(levels, min_area_fraction=0.05)
+    assert painted[1] != painted[98] and painted[1] > 0 and painted[98] > 0
+    single = [np.zeros(100, dtype=int), np.zeros(100, dtype=int)]  # never splits: kept
+    assert np.all(stable_structures(single) == 1)
