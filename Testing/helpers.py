@@ -24,3 +24,11 @@ def oblique_volume(depth=8, size=36):
         [[np.cos(angle), 0, -np.sin(angle)], [0, 1, 0], [np.sin(angle), 0, np.cos(angle)]]
     )
     return Image(array.astype(np.float32), (0.7, 0.8, 2.2), (-5.0, 12.0, 40.0), direction)
+
+
+def assert_same_segmentation(a, b):
+    """Two :class:`~labelfree.cuts.volume.VolumeSegmentation` results are label for label equal."""
+    assert a.n_clusters == b.n_clusters
+    for x, y in zip(a.levels, b.levels, strict=True):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(a.persistent, b.persistent)

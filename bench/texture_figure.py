@@ -37,10 +37,10 @@ def main() -> int:
     parser.add_argument("--scale", type=float, default=8.0, help="texture scale, pixels")
     args = parser.parse_args()
     retina = resize(data.retina(), (256, 256, 3), preserve_range=True).astype(np.float32)
-    rng = np.random.default_rng(256)
+    rng, textures = np.random.default_rng(256), uniform_textures()
     for _ in range(8):  # skip the tuning split: the first report image
-        mosaic(rng, uniform_textures(), 256)
-    texture, _ = mosaic(rng, uniform_textures(), 256)
+        mosaic(rng, textures, 256)
+    texture, _ = mosaic(rng, textures, 256)
     rows, images, names = [], [], []
     for name, image in (("fundus", retina), ("texture mosaic", texture)):
         for scale in (0.0, args.scale):

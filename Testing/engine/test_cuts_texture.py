@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import assert_same_segmentation, random_model_file
 
 from labelfree.cuts.embed import embed_slices
-from labelfree.cuts.model import CutsModel, model_config, save_cuts_model
 from labelfree.cuts.stages.tiles import HALO, halo
 from labelfree.cuts.texture import fit_words, radius, texture_features
 from labelfree.cuts.volume import segment_volume
@@ -19,10 +19,7 @@ FAST = {"pool_size": 3000, "pool_slices": 4, "max_levels": 6, "device": "cpu"}
 
 @pytest.fixture(scope="module")
 def grey_model(tmp_path_factory):
-    torch.manual_seed(0)
-    model = CutsModel(1).eval()
-    path = tmp_path_factory.mktemp("models") / "grey.pt"
-    return save_cuts_model(path, model, model_config(model), {"trained_on": "random, for tests"})
+    return random_model_file(tmp_path_factory.mktemp("models") / "grey.pt")
 
 
 def two_textures(size=64, seed=0):
@@ -91,11 +88,8 @@ def test_texture_mode_is_seeded_and_tiling_changes_memory_not_labels(grey_model,
     whole = segment_volume(geometry, grey_model, **options)
     again = segment_volume(geometry, grey_model, **options)
     tiled = segment_volume(geometry, grey_model, tile_pixels=4096, **options)
-    for other in (again, tiled):
-        assert other.n_clusters == whole.n_clusters
-        for a, b in zip(whole.levels, other.levels, strict=True):
-            np.testing.assert_array_equal(a, b)
-        np.testing.assert_array_equal(whole.persistent, other.persistent)
+    assert_same_segmentation(again, whole)
+    assert_same_segmentation(tiled, whole)
 
 
 def test_embed_slices_returns_features_of_the_words_length(grey_model):

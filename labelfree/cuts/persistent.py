@@ -199,13 +199,14 @@ def stable_structures(
     for i, level in enumerate(flat):
         sizes = np.bincount(level, weights=weights)
         big = sizes >= minimum
-        if segment_of is None:
+        if segment_of is None:  # the coarsest level: every big cluster is a root
             up = np.full(sizes.size, -1, dtype=np.int64)
+            alive = big
         else:
             item = np.empty(sizes.size, dtype=np.int64)
             item[level] = np.arange(n_items)  # one item of each cluster
             up = segment_of[flat[i - 1][item]]  # the segment holding it at the level above
-        alive = big & ((up >= 0) if segment_of is not None else True)
+            alive = big & (up >= 0)
         big_children = np.bincount(up[alive & (up >= 0)], minlength=len(area))
         ids = np.full(sizes.size, -1, dtype=np.int64)
         for c in np.flatnonzero(alive):

@@ -342,7 +342,8 @@ def segment_volume_steps(
     ------
     InputError
         Empty, constant, NaN/Inf, 4-D or multi-component input; RGB/grayscale
-        mismatch with the model; slices under 17 x 17; too large for memory.
+        mismatch with the model; slices under 17 x 17; too large for memory; texture
+        options out of range.
     ModelFileError
         A missing, corrupted or foreign model file.
     """

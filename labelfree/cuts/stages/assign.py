@@ -59,10 +59,10 @@ def assign_steps(
         assign_seconds += time.perf_counter() - t0
     pool.cache.clear()
     total = max(len(todo), 1)
+    grow = halo(texture.scale if texture is not None else 0.0)
     for done, group in enumerate(todo):
         box = union([boxes[i] for i in group])
         t0 = time.perf_counter()
-        grow = halo(texture.scale if texture is not None else 0.0)
         plan = tile_plan(box, content.shape[1:], tile_pixels, len(group), grow)
         for core, embs in embed_plan(net, prepared.slices, group, plan, device, bf16, texture):
             t1 = time.perf_counter()
