@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p bench/out
 bash bench/reference_env.sh
-for bench in condense_vs_phate volume_mni quality_mni encoder_bf16 landmarks landmark_importance landmark_registration adapt_cuts gui_steps train_processes train_memory texture_cuts texture_figure web_slider; do
+for bench in condense_vs_phate volume_mni quality_mni encoder_bf16 landmarks landmark_importance landmark_registration adapt_cuts gui_steps train_processes train_memory texture_cuts persistent_rules texture_figure web_slider; do
     echo "=== bench/$bench.py"
     start=$(date +%s)
     python "bench/$bench.py" 2>&1 | tee "bench/out/$bench.log"

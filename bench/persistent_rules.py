@@ -1,0 +1,187 @@
+"""Probe: other rules for the persistent-structures map, on the texture benchmark's tuning split.
+
+Issue 15 asks for persistent structures within 0.03 Dice of the best level. This script
+keeps the condensation as it is and compares selection rules on the *same* hierarchy:
+- ``shipped``: :func:`labelfree.cuts.persistent.stable_structures` over the kept levels
+  (excess of mass, stability = area x octaves of cluster count);
+- ``eom steps``: the same excess of mass over *every* partition condensation passed through,
+  stability = area x diffusion steps (log-bandwidth, the paper's persistence);
+- ``eom steps, exact sets``: as above, but shedding any crumb ends a segment;
+- ``max persistence``: every segment of at least 1 % painted in increasing order of diffusion
+  steps, so each pixel shows the most persistent segment holding it (the paper's wording);
+- ``shipped, minimum area``: the shipped rule with a larger smallest segment than 1 %;
+- ``fixed k``: the partition with the cluster count nearest to k, the same k for all images.
+
+The full history of partitions is private to :mod:`labelfree.cuts.condense`; the probe reads it
+by running ``condense`` a second time with every partition kept (same seed, same micro-clusters,
+checked). Not a feature: a measurement of what the rule leaves on the table.
+
+Usage: python bench/persistent_rules.py [--size 128] [--images 8] (about 2 minutes at 128 px)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import time
+
+import numpy as np
+from _common import fmt_table, machine
+from texture_cuts import mosaic, scores, uniform_textures
+
+from labelfree.cuts import persistent
+from labelfree.cuts import volume as runner
+from labelfree.cuts.volume import segment_volume
+from labelfree.io import Image
+
+condense_module = importlib.import_module("labelfree.cuts.condense")
+
+
+def capture(image: np.ndarray, seed: int, texture_scale: float) -> dict:
+    """Segment one image; return its levels, persistent map, node ids and full history."""
+    seen: dict = {}
+    pooled, maps, stable = runner.pooled_hierarchy, runner.label_maps, condense_module._stable
+
+    def every_partition(parts, lives, n_points, min_persistence):
+        return [i for i, p in enumerate(parts) if 1 < int(p.max()) + 1 < n_points]
+
+    def pooled_and_full(pool, **kw):
+        kept = pooled(pool, **kw)
+        condense_module._stable = every_partition
+        try:
+            full = condense_module.condense(pool, seed=kw["seed"], normalize=kw["normalize"])
+        finally:
+            condense_module._stable = stable
+        if not np.array_equal(full.node_of, kept.node_of):
+            raise RuntimeError("the second condensation used other micro-clusters")
+        seen.update(tree=list(full.node_levels), lives=np.array(full.persistence, float))
+        return kept
+
+    def maps_and_nodes(nodes, hierarchy, **kw):
+        seen["nodes"] = nodes
+        return maps(nodes, hierarchy, **kw)
+
+    runner.pooled_hierarchy, runner.label_maps = pooled_and_full, maps_and_nodes
+    try:
+        geometry = Image(image, (1.0, 1.0), (0.0, 0.0), np.eye(2))
+        result = segment_volume(
+            geometry, None, method="levels", device="cpu", seed=seed, texture_scale=texture_scale
+        )
+    finally:
+        runner.pooled_hierarchy, runner.label_maps = pooled, maps
+    seen.update(levels=result.levels, persistent=result.persistent)
+    return seen
+
+
+def excess_of_mass(levels, weights, width, crumbs=True) -> np.ndarray:
+    """stable_structures' tree and rule with any per-level width; ``crumbs=False``: exact sets."""
+    flat = persistent._as_levels(levels, levels[0].size)
+    minimum = 0.01 * float(weights.sum())
+    first_level, label, area, stability, parent, current = [], [], [], [], [], []
+    segment_of = None
+    for i, level in enumerate(flat):
+        sizes = np.bincount(level, weights=weights)
+        if segment_of is None:
+            up = np.full(sizes.size, -1, dtype=np.int64)
+            alive = sizes >= minimum
+        else:
+            item = np.empty(sizes.size, dtype=np.int64)
+            item[level] = np.arange(level.size)
+            up = segment_of[flat[i - 1][item]]
+            alive = (sizes >= minimum) & (up >= 0)
+        big_children = np.bincount(up[alive & (up >= 0)], minlength=len(area))
+        ids = np.full(sizes.size, -1, dtype=np.int64)
+        for c in np.flatnonzero(alive):
+            same = crumbs or (up[c] >= 0 and sizes[c] == current[up[c]])
+            if up[c] >= 0 and big_children[up[c]] == 1 and same:
+                ids[c] = up[c]
+                continue
+            ids[c] = len(area)
+            first_level.append(i)
+            label.append(c)
+            area.append(float(sizes[c]))
+            stability.append(0.0)
+            parent.append(int(up[c]))
+            current.append(0.0)
+        for c in np.flatnonzero(ids >= 0):
+            stability[ids[c]] += sizes[c] * width[i]
+            current[ids[c]] = sizes[c]
+        segment_of = ids
+    kept = persistent._excess_of_mass(np.array(stability), np.array(parent, dtype=np.int64))
+    out = np.zeros(levels[0].size, dtype=np.int32)
+    for value, s in enumerate(sorted(np.flatnonzero(kept), key=lambda s: (-area[s], s)), 1):
+        out[flat[first_level[s]] == label[s]] = value
+    return out
+
+
+def max_persistence(levels, weights, width) -> np.ndarray:
+    """Each pixel: the segment (>= 1 %) holding it that lived the most diffusion steps."""
+    flat = persistent._as_levels(levels, levels[0].size)
+    before, runs = persistent._runs(flat)
+    elapsed = np.concatenate([[0.0], np.cumsum(width)])
+    segments = []
+    for i, level in enumerate(flat):
+        area = np.bincount(level, weights=weights)
+        for c in np.flatnonzero((before[i] == 0) & (area >= 0.01 * weights.sum())):
+            segments.append((elapsed[i + runs[i][c]] - elapsed[i], -area[c], i, c))
+    out = np.zeros(levels[0].size, dtype=np.int32)
+    for value, (_, _, i, c) in enumerate(sorted(segments), 1):
+        out[flat[i] == c] = value
+    return out
+
+
+def rules(seen: dict) -> dict[str, np.ndarray]:
+    """Node labels of every probed rule (0 = no structure where a rule leaves pixels out)."""
+    tree, lives = seen["tree"], seen["lives"]
+    n_nodes = tree[0].size
+    weights = np.bincount(seen["nodes"].ravel(), minlength=n_nodes)[:n_nodes].astype(float)
+    counts = np.array([level.max() + 1 for level in tree], float)
+    out = {
+        "eom steps": excess_of_mass(tree, weights, lives),
+        "eom steps, exact sets": excess_of_mass(tree, weights, lives, crumbs=False),
+        "max persistence": max_persistence(tree, weights, lives) + 1,
+    }
+    for k in (4, 8, 12, 16):
+        out[f"fixed k = {k}"] = tree[int(np.argmin(np.abs(np.log(counts / k))))] + 1
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--scales", type=float, nargs="+", default=[0.0, 8.0, 16.0])
+    args = parser.parse_args()
+    start = time.perf_counter()
+    textures = uniform_textures()
+    rng = np.random.default_rng(args.size)  # the texture bench's fixed splits: tuning first
+    tune = [mosaic(rng, textures, args.size) for _ in range(args.images)]
+    rows = []
+    for scale in args.scales:
+        found: dict[str, list[tuple[float, float]]] = {}
+        for number, (image, truth) in enumerate(tune):
+            seen = capture(image, seed=number, texture_scale=scale)
+            per_level = [scores(level, truth) for level in seen["levels"]]
+            found.setdefault("best level (oracle)", []).append(np.max(per_level, axis=0))
+            found.setdefault("shipped", []).append(scores(seen["persistent"], truth, none=0))
+            flat = [level.ravel() for level in seen["levels"]]
+            for fraction in (0.03, 0.05):
+                labels = persistent.stable_structures(flat, min_area_fraction=fraction)
+                found.setdefault(f"shipped, minimum area {fraction:.0%}", []).append(
+                    scores(labels.reshape(truth.shape), truth, none=0)
+                )
+            for name, node_labels in rules(seen).items():
+                lut = np.zeros(int(seen["nodes"].max()) + 1, dtype=np.int32)
+                lut[: node_labels.size] = node_labels
+                found.setdefault(name, []).append(scores(lut[seen["nodes"]], truth, none=0))
+        for name, values in found.items():
+            hint, click = np.mean(values, axis=0)
+            rows.append([f"{scale:g}", name, f"{hint:.3f}", f"{click:.3f}"])
+    print(machine())
+    print(f"{args.images} tuning images at {args.size} px, {time.perf_counter() - start:.0f} s")
+    print(fmt_table(rows, ["texture scale", "rule", "hint Dice", "click Dice"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
