@@ -68,15 +68,18 @@ def blob(rng: np.random.Generator, size: int) -> np.ndarray:
                 return largest
 
 
-def mosaic(rng, textures, size) -> tuple[np.ndarray, np.ndarray]:
-    """An image and its structure mask: blob texture inside a background texture."""
+def mosaic(rng, textures, size, shape=blob) -> tuple[np.ndarray, np.ndarray]:
+    """An image and its structure mask: blob texture inside a background texture.
+
+    ``shape(rng, size)`` draws the structure's mask (default :func:`blob`).
+    """
     background, inside = rng.choice(len(textures), 2, replace=False)
 
     def crop(texture):
         r, c = rng.integers(0, texture.shape[0] - size), rng.integers(0, texture.shape[1] - size)
         return texture[r : r + size, c : c + size]
 
-    truth = blob(rng, size)
+    truth = shape(rng, size)
     image = np.where(truth, crop(textures[inside]), crop(textures[background]))
     return image.astype(np.float32), truth
 
