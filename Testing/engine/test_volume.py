@@ -206,6 +206,12 @@ def test_memory_estimate_grows_with_the_volume():
     large = estimate_memory((100, 120, 140), cache_bytes=0)
     assert large > 4 * small  # 8x the voxels, 4x the slice area
     assert estimate_memory((50, 60, 70), batch_size=1) < estimate_memory((50, 60, 70))
+    # texture features hold several (pixels, words) arrays at once: counted, and by word count
+    plain = estimate_memory((50, 60, 70))
+    assert plain < estimate_memory((50, 60, 70), texture_words=64)
+    assert estimate_memory((50, 60, 70), texture_words=64) < estimate_memory(
+        (50, 60, 70), texture_words=128
+    )
     # the MNI volume: well under 2 GB as designed
     assert estimate_memory((189, 233, 197)) < 2 * 1024**3
 
@@ -271,6 +277,18 @@ def test_refuses_volumes_too_large_for_memory_before_allocating(grey_model):
     small = oblique(smooth_volume(depth=4, size=30))
     with pytest.raises(InputError, match="memory"):
         segment_volume(small, grey_model, max_memory=1024**2, **FAST)
+
+
+def test_texture_features_count_in_the_memory_check(grey_model):
+    # a memory limit that fits the plain run at batch 1 but not the texture step's arrays
+    image = oblique(smooth_volume(depth=4, size=30))
+    shape, same = image.array.shape, {"batch_size": 1, "pool_slices": 6, "max_levels": 6}
+    plain = estimate_memory(shape, **same)  # slices across axis 0, as the run picks here
+    assert plain < estimate_memory(shape, texture_words=128, **same)
+    options = dict(FAST, batch_size=1, max_memory=plain)
+    assert segment_volume(image, grey_model, **options).levels
+    with pytest.raises(InputError, match="memory"):
+        segment_volume(image, grey_model, texture_scale=4.0, **options)
 
 
 def test_refuses_corrupted_and_foreign_model_files(tmp_path):

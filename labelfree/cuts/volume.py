@@ -219,6 +219,7 @@ def estimate_memory(
     pool_slices: int = 16,
     cache_bytes: int = 256 * 1024**2,
     tile_pixels: int = 2**19,
+    texture_words: int = 0,
 ) -> int:
     """Predicted peak memory of :func:`segment_volume_steps`, in bytes.
 
@@ -234,6 +235,8 @@ def estimate_memory(
         1 or 3.
     axis, batch_size, max_levels, embed_dim, pool_slices, cache_bytes, tile_pixels
         As for :func:`segment_volume_steps`.
+    texture_words : int
+        Words of the texture features (``texture_words`` there), or 0 when they are off.
 
     Returns
     -------
@@ -246,7 +249,13 @@ def estimate_memory(
     batch = min(int(batch_size), shape[axis] if len(shape) == 3 else 1)
     # Encoder: output (embed_dim) plus padded intermediates (16 + 32 + 64) and the
     # channels-last copy handed back: about 2.5 x the output, float32.
-    per_batch = int(2.5 * min(batch * plane, int(tile_pixels)) * embed_dim * 4)
+    pixels = min(batch * plane, int(tile_pixels))
+    per_batch = int(2.5 * pixels * embed_dim * 4)
+    # Texture features: a pixels-first copy of the embeddings, then word scores, one-hot
+    # words and the padded passes of the separable blur, (pixels, words) float32 each. Measured
+    # peak on 4 x 256 x 256 pixels, 128 words: 6.2 such arrays (789 MiB); counted: 6 + 1 copy.
+    if texture_words:
+        per_batch += (6 * int(texture_words) + embed_dim) * pixels * 4
     maps = voxels * 4 * (max_levels + 2)
     inputs = voxels * channels * 4 * 2  # raw float32 copy and normalised slices
     nodes = voxels * 2
@@ -385,6 +394,7 @@ def segment_volume_steps(
         cache_bytes,
         tile_pixels,
         max_memory,
+        int(texture_words) if texture_scale > 0 else 0,
     )
     yield Progress(0.0, "Loading the model")
     net, config, card = load_model(model, image.channels)
@@ -510,6 +520,7 @@ def _fit_batch(
     cache_bytes: int,
     tile_pixels: int,
     max_memory: int | None,
+    texture_words: int,
 ) -> int:
     """The largest batch size up to ``batch_size`` that fits; refuse if none does."""
     limit = available_memory() if max_memory is None else int(max_memory)
@@ -526,6 +537,7 @@ def _fit_batch(
             pool_slices=pool_slices,
             cache_bytes=cache_bytes,
             tile_pixels=tile_pixels,
+            texture_words=texture_words,
         )
         if need <= limit:
             return batch
