@@ -31,7 +31,6 @@ import time
 
 import numpy as np
 from _common import fmt_table, machine
-from scipy import ndimage
 from texture_cuts import blob, mosaic, scores, uniform_textures
 
 from labelfree.cuts import persistent
@@ -44,14 +43,7 @@ condense_module = importlib.import_module("labelfree.cuts.condense")
 
 def small_blob(rng: np.random.Generator, size: int) -> np.ndarray:
     """A smooth random blob of 2-10 % of the image, one connected piece (a small lesion)."""
-    while True:
-        field = ndimage.gaussian_filter(rng.normal(size=(size, size)), size / 12)
-        mask = field > np.quantile(field, 1 - rng.uniform(0.03, 0.08))
-        labels, count = ndimage.label(mask)
-        if count:
-            largest = labels == 1 + np.argmax(np.bincount(labels.ravel())[1:])
-            if 0.02 < largest.mean() < 0.1:
-                return largest
+    return blob(rng, size, cover=(0.03, 0.08), accept=(0.02, 0.1), smoothing=12)
 
 
 def capture(image: np.ndarray, seed: int, texture_scale: float) -> dict:
@@ -94,41 +86,7 @@ def excess_of_mass(levels, weights, width, crumbs=True) -> np.ndarray:
     """stable_structures' tree and rule with any per-level width; ``crumbs=False``: exact sets."""
     flat = persistent._as_levels(levels, levels[0].size)
     minimum = 0.01 * float(weights.sum())
-    first_level, label, area, stability, parent, current = [], [], [], [], [], []
-    segment_of = None
-    for i, level in enumerate(flat):
-        sizes = np.bincount(level, weights=weights)
-        if segment_of is None:
-            up = np.full(sizes.size, -1, dtype=np.int64)
-            alive = sizes >= minimum
-        else:
-            item = np.empty(sizes.size, dtype=np.int64)
-            item[level] = np.arange(level.size)
-            up = segment_of[flat[i - 1][item]]
-            alive = (sizes >= minimum) & (up >= 0)
-        big_children = np.bincount(up[alive & (up >= 0)], minlength=len(area))
-        ids = np.full(sizes.size, -1, dtype=np.int64)
-        for c in np.flatnonzero(alive):
-            same = crumbs or (up[c] >= 0 and sizes[c] == current[up[c]])
-            if up[c] >= 0 and big_children[up[c]] == 1 and same:
-                ids[c] = up[c]
-                continue
-            ids[c] = len(area)
-            first_level.append(i)
-            label.append(c)
-            area.append(float(sizes[c]))
-            stability.append(0.0)
-            parent.append(int(up[c]))
-            current.append(0.0)
-        for c in np.flatnonzero(ids >= 0):
-            stability[ids[c]] += sizes[c] * width[i]
-            current[ids[c]] = sizes[c]
-        segment_of = ids
-    kept = persistent._excess_of_mass(np.array(stability), np.array(parent, dtype=np.int64))
-    out = np.zeros(levels[0].size, dtype=np.int32)
-    for value, s in enumerate(sorted(np.flatnonzero(kept), key=lambda s: (-area[s], s)), 1):
-        out[flat[first_level[s]] == label[s]] = value
-    return out
+    return persistent._most_stable_partition(flat, weights, minimum, width, exact=not crumbs)
 
 
 def max_persistence(levels, weights, width) -> np.ndarray:

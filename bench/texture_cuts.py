@@ -55,16 +55,26 @@ def uniform_textures() -> list[np.ndarray]:
     return out
 
 
-def blob(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A smooth random blob covering 15-35% of the image, one connected piece."""
+def blob(
+    rng: np.random.Generator,
+    size: int,
+    cover=(0.15, 0.35),
+    accept=(0.1, 0.4),
+    smoothing: float = 8,
+) -> np.ndarray:
+    """A smooth random blob, one connected piece of a fraction of the image in ``accept``.
+
+    The field above a random quantile in ``cover`` is thresholded; the Gaussian smoothing of
+    the noise is ``size / smoothing`` pixels.
+    """
     while True:
         # Anywhere in the image: a centred blob would reward methods that split by position.
-        field = ndimage.gaussian_filter(rng.normal(size=(size, size)), size / 8)
-        mask = field > np.quantile(field, 1 - rng.uniform(0.15, 0.35))
+        field = ndimage.gaussian_filter(rng.normal(size=(size, size)), size / smoothing)
+        mask = field > np.quantile(field, 1 - rng.uniform(*cover))
         labels, count = ndimage.label(mask)
         if count:
             largest = labels == 1 + np.argmax(np.bincount(labels.ravel())[1:])
-            if 0.1 < largest.mean() < 0.4:
+            if accept[0] < largest.mean() < accept[1]:
                 return largest
 
 

@@ -193,8 +193,25 @@ def stable_structures(
     minimum = min_area_fraction * float(weights.sum())
     counts = np.array([level.max() + 1 for level in flat] + [2 * (flat[-1].max() + 1)], float)
     width = np.log2(counts[1:] / counts[:-1])  # octaves from each level to the next
+    return _most_stable_partition(flat, weights, minimum, width)
+
+
+def _most_stable_partition(
+    flat: list[np.ndarray],
+    weights: np.ndarray,
+    minimum: float,
+    width: np.ndarray,
+    exact: bool = False,
+) -> np.ndarray:
+    """:func:`stable_structures` on relabelled levels, with each level's lifetime ``width``.
+
+    ``exact=True`` ends a segment at any change of its pixels, crumbs included (a probe in
+    ``bench/persistent_rules.py`` compares both).
+    """
+    n_items = flat[0].size
     # One row per segment: the level and label where it first appears, area, stability, parent.
     first_level, label, area, stability, parent = [], [], [], [], []
+    current: list[float] = []  # each segment's area at the latest level it lived through
     segment_of = None  # per cluster of the level above: its segment, -1 for fallen-off crumbs
     for i, level in enumerate(flat):
         sizes = np.bincount(level, weights=weights)
@@ -210,7 +227,8 @@ def stable_structures(
         big_children = np.bincount(up[alive & (up >= 0)], minlength=len(area))
         ids = np.full(sizes.size, -1, dtype=np.int64)
         for c in np.flatnonzero(alive):
-            if up[c] >= 0 and big_children[up[c]] == 1:
+            whole = not exact or (up[c] >= 0 and sizes[c] == current[up[c]])
+            if up[c] >= 0 and big_children[up[c]] == 1 and whole:
                 ids[c] = up[c]  # the segment goes on; only crumbs fell off it
                 continue
             ids[c] = len(area)
@@ -219,8 +237,10 @@ def stable_structures(
             area.append(float(sizes[c]))
             stability.append(0.0)
             parent.append(int(up[c]))
+            current.append(0.0)
         for c in np.flatnonzero(ids >= 0):
             stability[ids[c]] += sizes[c] * width[i]
+            current[ids[c]] = float(sizes[c])
         segment_of = ids
     kept = _excess_of_mass(np.array(stability), np.array(parent, dtype=np.int64))
     out = np.zeros(n_items, dtype=np.int32)
