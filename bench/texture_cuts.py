@@ -164,11 +164,17 @@ TEXTURE_SCALES = (4.0, 8.0, 16.0, 32.0)
 
 
 def cuts_scores(
-    image, truth, seed: int, model=None, tag="", texture_scale=0.0
+    image, truth, seed: int, model=None, tag="", texture_scale=0.0, refine=True
 ) -> dict[str, tuple[float, float]]:
     geometry = Image(image, (1.0, 1.0), (0.0, 0.0), np.eye(2))
     result = segment_volume(
-        geometry, model, method="levels", device="cpu", seed=seed, texture_scale=texture_scale
+        geometry,
+        model,
+        method="levels",
+        device="cpu",
+        seed=seed,
+        texture_scale=texture_scale,
+        refine=refine,
     )
     per_level = [scores(level, truth) for level in result.levels]
     return {
@@ -240,6 +246,14 @@ def main() -> int:
             found = cuts_scores(image, truth, seed=number)
             found |= cuts_scores(
                 image, truth, seed=number, tag=" texture features", texture_scale=scale
+            )
+            found |= cuts_scores(
+                image,
+                truth,
+                seed=number,
+                tag=" texture features, unrefined",
+                texture_scale=scale,
+                refine=False,
             )
             if adapted is not None:
                 tag = f" trained on the tuning split ({args.train_epochs} epochs),"

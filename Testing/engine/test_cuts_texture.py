@@ -99,8 +99,11 @@ def test_embed_slices_returns_features_of_the_words_length(grey_model):
     image, _ = two_textures(size=40)
     emb = next(embed_slices(model, image[None, None]))
     words = fit_words(emb.reshape(-1, emb.shape[-1]), 5, 2.0)
-    feats = next(embed_slices(model, image[None, None], texture=words))
+    feats, ids = next(embed_slices(model, image[None, None], texture=words))
     assert emb.shape == (40, 40, model.embed_dim) and feats.shape == (40, 40, 5)
+    assert ids.shape == (40, 40) and ids.dtype == np.int16 and 0 <= ids.min() <= ids.max() < 5
+    nearest = ((emb[..., None, :] - words.words) ** 2).sum(-1).argmin(-1)
+    assert np.array_equal(ids, nearest)
 
 
 @pytest.mark.parametrize("options", [{"texture_scale": -1.0}, {"texture_words": 1}])

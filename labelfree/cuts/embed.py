@@ -34,7 +34,7 @@ import torch.nn.functional as F  # noqa: N812 -- the universal torch idiom
 from labelfree.cuts.encoder import KERNEL, NEGATIVE_SLOPE, RECEPTIVE_FIELD
 from labelfree.cuts.model import CutsModel
 from labelfree.cuts.normalise import normalise
-from labelfree.cuts.texture import TextureWords, texture_features
+from labelfree.cuts.texture import TextureWords, features_of_words, nearest_words
 from labelfree.devices import resolve_device
 from labelfree.errors import InputError
 from labelfree.io import Image
@@ -121,7 +121,7 @@ def embed_slices(
     batch_size: int = 8,
     bf16: bool | str = False,
     texture: TextureWords | None = None,
-) -> Iterator[np.ndarray]:
+) -> Iterator[np.ndarray] | Iterator[tuple[np.ndarray, np.ndarray]]:
     """Embed normalised slices one batch at a time.
 
     Parameters
@@ -138,14 +138,14 @@ def embed_slices(
     bf16 : bool or "auto"
         Run under bf16 autocast; ``"auto"`` only where the device runs bf16 natively.
     texture : TextureWords, optional
-        Return each pixel's texture features (:mod:`labelfree.cuts.texture`) instead of
-        its embedding.
+        Return each pixel's texture features (:mod:`labelfree.cuts.texture`) and word
+        instead of its embedding.
 
     Yields
     ------
-    ndarray
-        ``(H, W, embed_dim)`` float32 embedding of each slice, in order, or ``(H, W, K)``
-        texture features.
+    ndarray or tuple
+        ``(H, W, embed_dim)`` float32 embedding of each slice, in order; with ``texture``,
+        a pair of ``(H, W, K)`` float32 texture features and ``(H, W)`` int16 word ids.
 
     Raises
     ------
@@ -172,11 +172,14 @@ def embed_slices(
         ):
             out = _run_folded(layers, batch.to(device, torch.float32))
         out = out.float()
-        if texture is not None:  # in float32: nearest words from bf16 scores would be coarse
-            with torch.inference_mode():
-                out = texture_features(out, texture)
-        out = out.permute(0, 2, 3, 1).contiguous().cpu().numpy()
-        yield from out
+        if texture is None:
+            yield from out.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+            continue
+        with torch.inference_mode():  # in float32: nearest words from bf16 scores are coarse
+            words = nearest_words(out, texture)
+            feats = features_of_words(words, texture)
+        feats = feats.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+        yield from zip(feats, words.to(torch.int16).cpu().numpy(), strict=True)
 
 
 def folded_layers(model: CutsModel) -> list[tuple[torch.Tensor, torch.Tensor]]:

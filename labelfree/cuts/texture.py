@@ -109,19 +109,50 @@ def texture_features(embeddings: torch.Tensor, texture: TextureWords) -> torch.T
         ``(B, K, H, W)`` float32; each pixel's values are the square roots of a histogram
         that sums to 1.
     """
+    return features_of_words(nearest_words(embeddings, texture), texture)
+
+
+def features_of_words(words: torch.Tensor, texture: TextureWords) -> torch.Tensor:
+    """:func:`texture_features` from the ``(B, H, W)`` word ids of :func:`nearest_words`."""
+    return local_histograms(words, texture.n_words, texture.scale).clamp_min_(0).sqrt_()
+
+
+def nearest_words(embeddings: torch.Tensor, texture: TextureWords) -> torch.Tensor:
+    """``(B, H, W)`` int64: the nearest word of each pixel of ``(B, D, H, W)`` embeddings."""
     words = torch.as_tensor(texture.words, device=embeddings.device)
     batch, dim, height, width = embeddings.shape
     flat = embeddings.permute(0, 2, 3, 1).reshape(-1, dim)
     # argmin |x - w|^2 = argmin (|w|^2 / 2 - x . w): |x|^2 is common to all words.
     score = torch.addmm(0.5 * (words * words).sum(dim=1), flat, words.T, alpha=-1.0)
-    nearest = score.argmin(dim=1).view(batch, 1, height, width)
+    return score.argmin(dim=1).view(batch, height, width)
+
+
+def local_histograms(words: torch.Tensor, n_words: int, scale: float) -> torch.Tensor:
+    """Word histograms of each pixel's neighbourhood, weighted by a Gaussian of ``scale`` px.
+
+    Parameters
+    ----------
+    words : Tensor
+        ``(B, H, W)`` integer word ids in ``0..n_words - 1``; a negative id marks a pixel
+        that holds no word (it is left out of its neighbours' histograms).
+    n_words : int
+        ``K``.
+    scale : float
+        Standard deviation of the Gaussian, pixels.
+
+    Returns
+    -------
+    Tensor
+        ``(B, K, H, W)`` float32 histograms, each summing to 1 (0 where no pixel within reach
+        holds a word).
+    """
+    valid = (words >= 0).unsqueeze(1)
     onehot = torch.zeros(
-        batch, texture.n_words, height, width, dtype=embeddings.dtype, device=embeddings.device
-    ).scatter_(1, nearest, 1.0)
-    pooled = _gaussian(onehot, texture.scale) / _gaussian(
-        torch.ones_like(onehot[:, :1]), texture.scale
-    )
-    return pooled.clamp_min_(0).sqrt_()
+        words.shape[0], int(n_words), *words.shape[1:], dtype=torch.float32, device=words.device
+    ).scatter_(1, words.clamp_min(0).unsqueeze(1), 1.0)
+    onehot.mul_(valid)
+    weight = _gaussian(valid.float(), scale)
+    return _gaussian(onehot, scale) / weight.clamp_min(torch.finfo(torch.float32).tiny)
 
 
 def _gaussian(x: torch.Tensor, scale: float) -> torch.Tensor:

@@ -17,6 +17,9 @@ Pipeline
    micro-cluster ("node") of the pooled hierarchy. Every level, the persistent
    structures and the k-means map are then look-up tables over nodes, applied
    to one node-id volume.
+5. With texture features, the boundaries of every level and of the persistent
+   map are then refined to texture edges (:mod:`labelfree.cuts.refine`): levels
+   no longer nest exactly, so persistent structures are chosen before.
 
 Why one pooled condensation instead of harmonising per-slice hierarchies
 ----------------------------------------------------------------------
@@ -97,7 +100,7 @@ from labelfree.cuts.encoder import RECEPTIVE_FIELD
 from labelfree.cuts.model import CutsModel
 from labelfree.cuts.stages.assign import assign_steps
 from labelfree.cuts.stages.hierarchy import kmeans_per_node, pooled_hierarchy
-from labelfree.cuts.stages.labels import label_maps
+from labelfree.cuts.stages.labels import label_maps, refine_maps
 from labelfree.cuts.stages.pool import pool_steps, word_steps
 from labelfree.cuts.stages.prepare import check_image, load_model, prepare
 from labelfree.cuts.stages.tiles import halo
@@ -283,6 +286,7 @@ def segment_volume_steps(
     normalize: bool = False,
     texture_scale: float = 0.0,
     texture_words: int = 128,
+    refine: bool = True,
 ) -> Generator[Progress, None, VolumeSegmentation]:
     """Segment an image or volume at several granularities, as steps.
 
@@ -346,6 +350,9 @@ def segment_volume_steps(
     texture_words : int
         Words of the texture features (2-256; 128 was best of 64, 128 and 256 on the texture
         benchmark's tuning split).
+    refine : bool
+        With texture features, move the label boundaries to texture edges
+        (:mod:`labelfree.cuts.refine`); ignored without them.
 
     Raises
     ------
@@ -461,7 +468,7 @@ def segment_volume_steps(
         seconds["kmeans"] = time.perf_counter() - t0
     pool.embeddings = None  # only the cached tiles are needed from here on
 
-    nodes = yield from scaled(
+    nodes, words = yield from scaled(
         assign_steps(
             net,
             prepared,
@@ -490,6 +497,11 @@ def segment_volume_steps(
         kmeans_nodes=kmeans_nodes,
     )
     seconds["labels"] = time.perf_counter() - t0
+    if words is not None and refine:
+        yield Progress(0.97, "Refining boundaries")
+        t0 = time.perf_counter()
+        maps = refine_maps(maps, words, texture, axis_np if image.ndim == 3 else None)
+        seconds["refine"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - start
     yield Progress(1.0, "Done")
     return VolumeSegmentation(

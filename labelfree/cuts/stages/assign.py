@@ -2,7 +2,8 @@
 
 The pool slices' embeddings kept by the pool stage are used as they are; the other slices are
 embedded in batches of consecutive slices, tile by tile. Background pixels keep the extra node
-``n_nodes``.
+``n_nodes``. With texture features, each content pixel's word is kept too (for
+:mod:`labelfree.cuts.refine`).
 """
 
 from __future__ import annotations
@@ -33,10 +34,12 @@ def assign_steps(
     bf16: bool,
     seconds: dict[str, float],
     texture: TextureWords | None = None,
-) -> Steps[np.ndarray]:
+) -> Steps[tuple[np.ndarray, np.ndarray | None]]:
     """Node ids ``(S, H, W)`` of every pixel, yielding progress per batch of slices.
 
-    With ``texture``, pixels are labelled by their texture features, as the pool was.
+    With ``texture``, pixels are labelled by their texture features, as the pool was, and the
+    second array returned holds each content pixel's word id (int16, -1 on background);
+    without, it is None.
 
     Empties ``pool.cache``. Adds the time spent embedding to ``seconds["embed"]`` and sets
     ``seconds["assign"]`` to the time spent finding nodes.
@@ -50,12 +53,15 @@ def assign_steps(
         else (lambda points: hierarchy.reduction.nearest_node(points))
     )
     nodes = np.full(content.shape, n_nodes, dtype=node_dtype)
+    words = None if texture is None else np.full(content.shape, -1, dtype=np.int16)
     assign_seconds = 0.0
     todo = batches([None if i in pool.cache else b for i, b in enumerate(boxes)], batch_size)
     for index, tiles in pool.cache.items():
         t0 = time.perf_counter()
-        for core, emb in tiles:
+        for core, emb, tile_words in tiles:
             assign_slice(nodes[index], content[index], core, emb, assign)
+            if words is not None:
+                keep_words(words[index], content[index], core, tile_words)
         assign_seconds += time.perf_counter() - t0
     pool.cache.clear()
     total = max(len(todo), 1)
@@ -64,16 +70,20 @@ def assign_steps(
         box = union([boxes[i] for i in group])
         t0 = time.perf_counter()
         plan = tile_plan(box, content.shape[1:], tile_pixels, len(group), grow)
-        for core, embs in embed_plan(net, prepared.slices, group, plan, device, bf16, texture):
+        for core, embs, tile_words in embed_plan(
+            net, prepared.slices, group, plan, device, bf16, texture
+        ):
             t1 = time.perf_counter()
-            for index, emb in zip(group, embs, strict=True):
+            for i, (index, emb) in enumerate(zip(group, embs, strict=True)):
                 assign_slice(nodes[index], content[index], core, emb, assign)
+                if words is not None:
+                    keep_words(words[index], content[index], core, tile_words[i])
             assign_seconds += time.perf_counter() - t1
         seconds["embed"] += time.perf_counter() - t0
         yield Progress((done + 1) / total, f"Labelling slices ({done + 1}/{total})")
     seconds["embed"] -= assign_seconds
     seconds["assign"] = assign_seconds
-    return nodes
+    return nodes, words
 
 
 def assign_slice(
@@ -88,6 +98,14 @@ def assign_slice(
     if inside.any():
         region = out[box]
         region[inside] = assign(emb[inside])
+
+
+def keep_words(
+    out: np.ndarray, content: np.ndarray, box: tuple[slice, slice], words: np.ndarray
+) -> None:
+    """Write the word of every content pixel of one slice's box into ``out`` (H, W)."""
+    inside = content[box]
+    out[box][inside] = words[inside]
 
 
 class NodeAssigner:

@@ -13,6 +13,8 @@ import numpy as np
 
 from labelfree.cuts.condense import Hierarchy
 from labelfree.cuts.persistent import stable_structures
+from labelfree.cuts.refine import refine_boundaries
+from labelfree.cuts.texture import TextureWords
 
 
 @dataclass
@@ -75,6 +77,55 @@ def label_maps(
         persistent=persistent,
         kmeans=kmeans,
     )
+
+
+REFINE_SCALE = 0.75
+"""A pixel's neighbourhood in refinement, as a fraction of the texture scale. Chosen on the
+texture benchmark's tuning split (best level, blobs of 10-40 % and of 2-7 %, 8 and 16 px):
+the best of 0.5, 0.75 and 1 times the scale and a fixed 2 or 4 px (``bench/README.md``
+section 9)."""
+
+
+def refine_maps(
+    maps: LabelMaps, words: np.ndarray, texture: TextureWords, axis: int | None
+) -> LabelMaps:
+    """The levels and persistent map of ``maps`` with boundaries refined to texture edges.
+
+    ``words`` are the ``(S, H, W)`` word ids of the label pass, in its slices; ``axis`` is
+    the slicing axis of 3-D maps (None for 2-D). Persistent structures stay those chosen on
+    the unrefined levels (refined levels no longer nest); the k-means map is left as it is.
+    Labels are renumbered by decreasing voxel count again.
+    """
+    scale = REFINE_SCALE * texture.scale
+
+    def refined(labels: np.ndarray, keep_zero: bool) -> np.ndarray:
+        sliced = labels[None] if axis is None else np.moveaxis(labels, axis, 0)
+        out = refine_boundaries(sliced, words, texture.n_words, scale=scale)
+        out = out[0] if axis is None else np.moveaxis(out, 0, axis)
+        return np.ascontiguousarray(size_ordered(out, keep_zero))
+
+    levels = [refined(level, keep_zero=False) for level in maps.levels]
+    return LabelMaps(
+        levels=levels,
+        n_clusters=[int(level.max()) for level in levels],
+        persistence=list(maps.persistence),
+        persistent=refined(maps.persistent, keep_zero=True),
+        kmeans=maps.kmeans,
+    )
+
+
+def size_ordered(labels: np.ndarray, keep_zero: bool) -> np.ndarray:
+    """Labels renumbered ``1..n`` by decreasing count (ties: smaller old label); with
+    ``keep_zero``, 0 stays 0 and is not counted."""
+    values, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    if keep_zero:
+        counts = np.where(values == 0, -1, counts)
+    order = np.lexsort((values, -counts))
+    new = np.empty(values.size, dtype=np.int32)
+    new[order] = np.arange(1, values.size + 1, dtype=np.int32)
+    if keep_zero and values.size and values[0] == 0:
+        new[0] = 0  # counted last, so it got n; the others are 1..n-1 already
+    return new[inverse.reshape(labels.shape)]
 
 
 def with_background(node_labels: np.ndarray) -> np.ndarray:

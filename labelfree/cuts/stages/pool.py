@@ -33,11 +33,12 @@ class Pool:
     embeddings : ndarray
         ``(N, D)`` float32 pooled pixel embeddings, slice by slice in raster order.
     cache : dict
-        Slice index -> list of ``(core, (h, w, D) embeddings)`` tiles covering its box.
+        Slice index -> list of ``(core, (h, w, D) embeddings, (h, w) word ids or None)``
+        tiles covering its box.
     """
 
     embeddings: np.ndarray
-    cache: dict[int, list[tuple[Box, np.ndarray]]] = field(default_factory=dict)
+    cache: dict[int, list[tuple[Box, np.ndarray, np.ndarray | None]]] = field(default_factory=dict)
 
 
 def pool_steps(
@@ -77,12 +78,14 @@ def pool_steps(
             plan = _sampled_tiles(box, content[index], tile_pixels, int(quota[done]), rng, grow)
         chosen = _chosen_pixels(content[index], plan, int(quota[done]), rng)
         order, picked, tiles = [], [], []
-        for core, embs in embed_plan(net, prepared.slices, [index], plan, device, bf16, texture):
+        for core, embs, words in embed_plan(
+            net, prepared.slices, [index], plan, device, bf16, texture
+        ):
             rr, cc = np.nonzero(chosen[core])
             order.append((rr + core[0].start) * plane[1] + cc + core[1].start)
             picked.append(embs[0][rr, cc])
             if keep_tiles:
-                tiles.append((core, embs[0]))
+                tiles.append((core, embs[0], None if words is None else words[0]))
                 cached += embs[0].nbytes
         if keep_tiles:
             pool.cache[index] = tiles

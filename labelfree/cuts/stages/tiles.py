@@ -124,12 +124,13 @@ def embed_plan(
 ):
     """Embed consecutive ``slices[group]`` tile by tile.
 
-    Yields ``(core, embeddings)``: one ``(h, w, D)`` array per slice of
-    ``group`` for the pixels of ``core`` (``(h, w, K)`` texture features with ``texture``).
+    Yields ``(core, embeddings, words)``: one ``(h, w, D)`` array per slice of ``group`` for
+    the pixels of ``core``. With ``texture``, ``(h, w, K)`` texture features and, in
+    ``words``, one ``(h, w)`` int16 array of word ids per slice; without, ``words`` is None.
     """
     first, last = group[0], group[-1] + 1
     for core, window in plan:
-        embs = embed_slices(
+        out = embed_slices(
             net,
             slices[first:last, :, window[0], window[1]],
             device=device,
@@ -141,4 +142,9 @@ def embed_plan(
             slice(core[0].start - window[0].start, core[0].stop - window[0].start),
             slice(core[1].start - window[1].start, core[1].stop - window[1].start),
         )
-        yield core, [np.ascontiguousarray(emb[inner]) for emb in embs]
+        if texture is None:
+            yield core, [np.ascontiguousarray(emb[inner]) for emb in out], None
+            continue
+        pairs = list(out)
+        embs = [np.ascontiguousarray(feats[inner]) for feats, _ in pairs]
+        yield core, embs, [np.ascontiguousarray(words[inner]) for _, words in pairs]
