@@ -92,3 +92,19 @@ def test_the_runner_refines_texture_levels_and_keeps_them_size_ordered(tmp_path)
         counts = np.bincount(level.ravel())[1:]
         assert counts.size == n and (counts > 0).all() and (np.diff(counts) <= 0).all()
     assert refined.persistent.min() >= 0
+
+
+def test_refinement_memory_is_what_the_estimate_counts():
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    words = rng.integers(0, 128, (24, 96, 96)).astype(np.int16)
+    blocks = np.arange(96)[:, None] // 12 * 8 + np.arange(96)[None, :] // 12
+    labels = np.repeat(blocks[None], 24, axis=0).astype(np.int32)
+    tracemalloc.start()
+    try:
+        size_ordered(refine_boundaries(labels, words, 128, scale=6.0), keep_zero=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 18 * labels.size  # estimate_memory counts 20 bytes a voxel with the words

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from labelfree.cuts.texture import local_histograms
+from labelfree.cuts.texture import gaussian_pool, radius
 from labelfree.errors import InputError
 
 
@@ -46,7 +46,7 @@ def refine_boundaries(
     Parameters
     ----------
     labels : (H, W) or (S, H, W) array of int
-        Any integer labels; each value is one segment.
+        Labels >= 0; each value is one segment.
     words : array of int, same shape as ``labels``
         Each pixel's word id in ``0..n_words - 1``, or -1 where the pixel holds no word
         (e.g. background): such pixels keep their label.
@@ -77,59 +77,80 @@ def refine_boundaries(
         )
     if not (prior > 0 and scale > 0 and int(reach) >= 0 and int(iterations) >= 0):
         raise InputError("Refinement needs prior > 0, scale > 0, reach >= 0 and iterations >= 0.")
-    if words.size and int(words.max()) >= int(n_words):
+    if labels.size == 0 or int(labels.min()) < 0:
+        raise InputError("Refinement needs a non-empty map of labels >= 0.")
+    if int(words.max()) >= int(n_words):
         raise InputError(f"Word ids must be below n_words = {n_words}.")
     flat = labels[None] if labels.ndim == 2 else labels
     stack = words[None] if words.ndim == 2 else words
-    values, segments = np.unique(flat, return_inverse=True)
-    segments = segments.reshape(flat.shape).astype(np.int32)
-    neighbourhoods = [_neighbourhood(w, n_words, scale) for w in stack]
+    # Lookup tables rather than np.unique: its sort would hold ~24 bytes per voxel.
+    values = np.flatnonzero(np.bincount(flat.ravel()))
+    lut = np.zeros(int(values[-1]) + 1, dtype=np.int32)
+    lut[values] = np.arange(values.size, dtype=np.int32)
+    segments = lut[flat]
+    weights = [_pool(w >= 0, scale) for w in stack]
     for _ in range(int(iterations)):
         log_hist = _log_histograms(segments, stack, values.size, n_words, prior)
         segments = np.stack(
             [
-                _reassign(seg, w >= 0, hood, log_hist, int(reach))
-                for seg, w, hood in zip(segments, stack, neighbourhoods, strict=True)
+                _reassign(seg, w, weight, log_hist, scale, int(reach))
+                for seg, w, weight in zip(segments, stack, weights, strict=True)
             ]
         )
     out = values[segments].astype(labels.dtype)
     return out[0] if labels.ndim == 2 else out
 
 
-def _neighbourhood(words: np.ndarray, n_words: int, scale: float) -> np.ndarray:
-    """``(H, W, K)`` float32 local word histogram of every pixel of one slice."""
+def _pool(x: np.ndarray, scale: float) -> np.ndarray:
+    """:func:`~labelfree.cuts.texture.gaussian_pool` of one ``(h, w)`` array, float32."""
     with torch.inference_mode():
-        hist = local_histograms(torch.from_numpy(words.astype(np.int64))[None], n_words, scale)
-    return hist[0].permute(1, 2, 0).contiguous().numpy()
+        tensor = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None]
+        return gaussian_pool(tensor, scale)[0, 0].numpy()
 
 
 def _log_histograms(segments, words, n_segments, n_words, prior) -> np.ndarray:
     """``(n, K)`` log word frequencies of each segment, with a Dirichlet prior."""
-    valid = words >= 0
-    pairs = segments[valid].astype(np.int64) * n_words + words[valid]
-    counts = np.bincount(pairs, minlength=n_segments * n_words).reshape(n_segments, n_words)
-    counts = counts + float(prior)
+    counts = np.full((n_segments, n_words), float(prior))
+    for seg, w in zip(segments, words, strict=True):  # slice by slice: memory of one plane
+        valid = w >= 0
+        pairs = seg[valid].astype(np.int64) * n_words + w[valid]
+        counts += np.bincount(pairs, minlength=n_segments * n_words).reshape(counts.shape)
     return np.log(counts / counts.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def _reassign(segments, valid, hood, log_hist, reach) -> np.ndarray:
-    """One slice's segments after one round: the likeliest segment within reach."""
+def _reassign(segments, words, weight, log_hist, scale, reach) -> np.ndarray:
+    """One slice's segments after one round: the likeliest segment within reach.
+
+    A pixel's score for segment ``j`` is the mean of ``log_hist[j]`` over the words of its
+    neighbourhood, Gaussian-weighted: the blur of the per-pixel log-likelihood map, computed
+    in the segment's box grown by the reach and, for the blur to be exact there, its radius.
+    """
     height, width = segments.shape
+    valid = words >= 0
+    margin = radius(scale)
     best = np.full(segments.shape, -np.inf, dtype=np.float32)
     out = segments.copy()
-    boxes = ndimage.find_objects(segments + 1)
-    for segment, box in enumerate(boxes):
+    for segment, box in enumerate(ndimage.find_objects(segments + 1)):
         if box is None:
             continue
-        grown = (
-            slice(max(box[0].start - reach, 0), min(box[0].stop + reach, height)),
-            slice(max(box[1].start - reach, 0), min(box[1].stop + reach, width)),
+        grown = _grow(box, reach, height, width)
+        padded = _grow(grown, margin, height, width)
+        likelihood = np.where(valid[padded], log_hist[segment][words[padded]], 0.0)
+        inner = tuple(
+            slice(g.start - p.start, g.stop - p.start) for g, p in zip(grown, padded, strict=True)
         )
+        score = _pool(likelihood, scale)[inner] / np.maximum(weight[grown], 1e-30)
         near = ndimage.maximum_filter(
             (segments[grown] == segment).view(np.uint8), size=2 * reach + 1, mode="constant"
         ).astype(bool)
-        score = hood[grown] @ log_hist[segment]
         better = near & valid[grown] & (score > best[grown])
         best[grown][better] = score[better]
         out[grown][better] = segment
     return out
+
+
+def _grow(box: tuple[slice, slice], by: int, height: int, width: int) -> tuple[slice, slice]:
+    return (
+        slice(max(box[0].start - by, 0), min(box[0].stop + by, height)),
+        slice(max(box[1].start - by, 0), min(box[1].stop + by, width)),
+    )

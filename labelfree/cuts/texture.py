@@ -151,12 +151,16 @@ def local_histograms(words: torch.Tensor, n_words: int, scale: float) -> torch.T
         words.shape[0], int(n_words), *words.shape[1:], dtype=torch.float32, device=words.device
     ).scatter_(1, words.clamp_min(0).unsqueeze(1), 1.0)
     onehot.mul_(valid)
-    weight = _gaussian(valid.float(), scale)
-    return _gaussian(onehot, scale) / weight.clamp_min(torch.finfo(torch.float32).tiny)
+    weight = gaussian_pool(valid.float(), scale)
+    return gaussian_pool(onehot, scale) / weight.clamp_min(torch.finfo(torch.float32).tiny)
 
 
-def _gaussian(x: torch.Tensor, scale: float) -> torch.Tensor:
-    """Separable Gaussian blur of every channel, zero outside the slice."""
+def gaussian_pool(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Separable Gaussian blur of every channel of ``(B, C, H, W)``, zero outside the slice.
+
+    The Gaussian has a standard deviation of ``scale`` pixels and reaches
+    :func:`radius` pixels; its weights sum to 1.
+    """
     r = radius(scale)
     taps = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
     kernel = torch.exp(-0.5 * (taps / float(scale)) ** 2)

@@ -89,12 +89,12 @@ section 9)."""
 def refine_maps(
     maps: LabelMaps, words: np.ndarray, texture: TextureWords, axis: int | None
 ) -> LabelMaps:
-    """The levels and persistent map of ``maps`` with boundaries refined to texture edges.
+    """Refine the boundaries of the levels and persistent map of ``maps`` to texture edges.
 
     ``words`` are the ``(S, H, W)`` word ids of the label pass, in its slices; ``axis`` is
     the slicing axis of 3-D maps (None for 2-D). Persistent structures stay those chosen on
     the unrefined levels (refined levels no longer nest); the k-means map is left as it is.
-    Labels are renumbered by decreasing voxel count again.
+    Labels are renumbered by decreasing voxel count again. Changes ``maps`` and returns it.
     """
     scale = REFINE_SCALE * texture.scale
 
@@ -104,28 +104,24 @@ def refine_maps(
         out = out[0] if axis is None else np.moveaxis(out, 0, axis)
         return np.ascontiguousarray(size_ordered(out, keep_zero))
 
-    levels = [refined(level, keep_zero=False) for level in maps.levels]
-    return LabelMaps(
-        levels=levels,
-        n_clusters=[int(level.max()) for level in levels],
-        persistence=list(maps.persistence),
-        persistent=refined(maps.persistent, keep_zero=True),
-        kmeans=maps.kmeans,
-    )
+    for i, level in enumerate(maps.levels):  # one at a time: the old map is freed at once
+        maps.levels[i] = refined(level, keep_zero=False)
+    maps.n_clusters = [int(level.max()) for level in maps.levels]
+    maps.persistent = refined(maps.persistent, keep_zero=True)
+    return maps
 
 
 def size_ordered(labels: np.ndarray, keep_zero: bool) -> np.ndarray:
     """Labels renumbered ``1..n`` by decreasing count (ties: smaller old label); with
     ``keep_zero``, 0 stays 0 and is not counted."""
-    values, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    counts = np.bincount(labels.ravel()).astype(np.int64)  # labels >= 0, as every map holds
     if keep_zero:
-        counts = np.where(values == 0, -1, counts)
-    order = np.lexsort((values, -counts))
-    new = np.empty(values.size, dtype=np.int32)
-    new[order] = np.arange(1, values.size + 1, dtype=np.int32)
-    if keep_zero and values.size and values[0] == 0:
-        new[0] = 0  # counted last, so it got n; the others are 1..n-1 already
-    return new[inverse.reshape(labels.shape)]
+        counts[0] = 0
+    present = np.flatnonzero(counts > 0)
+    order = present[np.lexsort((present, -counts[present]))]
+    new = np.zeros(counts.size, dtype=np.int32)
+    new[order] = np.arange(1, order.size + 1, dtype=np.int32)
+    return new[labels]
 
 
 def with_background(node_labels: np.ndarray) -> np.ndarray:
