@@ -88,6 +88,8 @@ def test_the_runner_refines_texture_levels_and_keeps_them_size_ordered(tmp_path)
     refined = segment_volume(geometry, model, **options)
     assert "refine" in refined.seconds and "refine" not in plain.seconds
     assert any(not np.array_equal(a, b) for a, b in zip(plain.levels, refined.levels, strict=True))
+    assert len(refined.persistence) == len(refined.levels)
+    assert all(np.diff(refined.n_clusters) > 0)  # coarsest first, still
     for level, n in zip(refined.levels, refined.n_clusters, strict=True):
         counts = np.bincount(level.ravel())[1:]
         assert counts.size == n and (counts > 0).all() and (np.diff(counts) <= 0).all()

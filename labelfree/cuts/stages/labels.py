@@ -94,7 +94,8 @@ def refine_maps(
     ``words`` are the ``(S, H, W)`` word ids of the label pass, in its slices; ``axis`` is
     the slicing axis of 3-D maps (None for 2-D). Persistent structures stay those chosen on
     the unrefined levels (refined levels no longer nest); the k-means map is left as it is.
-    Labels are renumbered by decreasing voxel count again. Changes ``maps`` and returns it.
+    Labels are renumbered by decreasing voxel count again, and a level left with no more
+    clusters than a coarser one is dropped. Changes ``maps`` and returns it.
     """
     scale = REFINE_SCALE * texture.scale
 
@@ -106,8 +107,16 @@ def refine_maps(
 
     for i, level in enumerate(maps.levels):  # one at a time: the old map is freed at once
         maps.levels[i] = refined(level, keep_zero=False)
-    maps.n_clusters = [int(level.max()) for level in maps.levels]
     maps.persistent = refined(maps.persistent, keep_zero=True)
+    # Small segments can be absorbed by their neighbours; keep the levels coarsest first.
+    kept, most = [], 0
+    for i, level in enumerate(maps.levels):
+        if int(level.max()) > most:
+            kept.append(i)
+            most = int(level.max())
+    maps.levels = [maps.levels[i] for i in kept]
+    maps.n_clusters = [int(maps.levels[j].max()) for j in range(len(kept))]
+    maps.persistence = [maps.persistence[i] for i in kept]
     return maps
 
 
