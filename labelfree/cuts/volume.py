@@ -135,7 +135,7 @@ class VolumeSegmentation:
     levels : list of ndarray of int32
         One label map per granularity, coarsest (fewest clusters) first;
         labels ``1..n`` by decreasing size, nested (each fine cluster lies in
-        one coarse cluster).
+        one coarse cluster) unless boundaries were refined (texture features).
     n_clusters : list of int
         Number of clusters of each level.
     persistent : ndarray of int32
