@@ -7,8 +7,8 @@ the way a texton classifier would, without new training:
 
 1. every segment gets the histogram of the words of its pixels (a Dirichlet ``prior`` per
    word keeps rare words from ruling out a segment);
-2. every pixel's own neighbourhood is described at a finer ``scale`` (4 px): its local word
-   histogram;
+2. every pixel's own neighbourhood is described at a finer ``scale`` (the runner uses 0.75 x
+   the texture scale): its local word histogram;
 3. each pixel goes to the segment, among those within ``reach`` pixels of it in its slice,
    under whose histogram its neighbourhood is most likely (the cross-entropy of the two);
 4. repeat with the new segments' histograms, ``iterations`` times.

@@ -109,13 +109,10 @@ def refine_maps(
         maps.levels[i] = refined(level, keep_zero=False)
     maps.persistent = refined(maps.persistent, keep_zero=True)
     # Small segments can be absorbed by their neighbours; keep the levels coarsest first.
-    kept, most = [], 0
-    for i, level in enumerate(maps.levels):
-        if int(level.max()) > most:
-            kept.append(i)
-            most = int(level.max())
+    counts = [int(level.max()) for level in maps.levels]
+    kept = [i for i, n in enumerate(counts) if n > max(counts[:i], default=0)]
     maps.levels = [maps.levels[i] for i in kept]
-    maps.n_clusters = [int(maps.levels[j].max()) for j in range(len(kept))]
+    maps.n_clusters = [counts[i] for i in kept]
     maps.persistence = [maps.persistence[i] for i in kept]
     return maps
 
@@ -123,14 +120,10 @@ def refine_maps(
 def size_ordered(labels: np.ndarray, keep_zero: bool) -> np.ndarray:
     """Labels renumbered ``1..n`` by decreasing count (ties: smaller old label); with
     ``keep_zero``, 0 stays 0 and is not counted."""
-    counts = np.bincount(labels.ravel()).astype(np.int64)  # labels >= 0, as every map holds
+    counts = np.bincount(labels.ravel()).astype(np.float64)  # labels >= 0, as every map holds
     if keep_zero:
-        counts[0] = 0
-    present = np.flatnonzero(counts > 0)
-    order = present[np.lexsort((present, -counts[present]))]
-    new = np.zeros(counts.size, dtype=np.int32)
-    new[order] = np.arange(1, order.size + 1, dtype=np.int32)
-    return new[labels]
+        counts[0] = 0  # no area: size_order_lut leaves it 0
+    return size_order_lut(np.arange(counts.size), counts)[0][labels]
 
 
 def with_background(node_labels: np.ndarray) -> np.ndarray:
