@@ -7,7 +7,8 @@ import pytest
 from helpers import random_model_file
 
 from labelfree.cuts.refine import refine_boundaries
-from labelfree.cuts.stages.labels import size_ordered
+from labelfree.cuts.stages.labels import LabelMaps, refine_maps, size_ordered
+from labelfree.cuts.texture import TextureWords
 from labelfree.cuts.volume import segment_volume
 from labelfree.errors import InputError
 from labelfree.io import Image
@@ -77,6 +78,25 @@ def test_size_ordered_numbers_by_decreasing_count_and_can_keep_zero():
     assert size_ordered(labels, keep_zero=True).tolist() == [[1, 1, 1, 3], [0, 0, 2, 2]]
 
 
+def test_refined_levels_are_reordered_by_cluster_count_and_only_repeats_dropped():
+    rng = np.random.default_rng(0)
+    band = np.arange(60)[None, :].repeat(60, axis=0) // 20  # three vertical bands
+    words = band * 4 + rng.integers(0, 4, band.shape)  # each band has words of its own
+    three, two = band + 1, np.minimum(band, 1) + 1
+    maps = LabelMaps(
+        levels=[three, two, three.copy()],  # a finer level ahead of a coarser one, a repeat
+        n_clusters=[3, 2, 3],
+        persistence=[5, 6, 7],
+        persistent=three.copy(),
+        kmeans=None,
+    )
+    texture = TextureWords(words=np.zeros((12, 2), dtype=np.float32), scale=4.0)
+    out = refine_maps(maps, words[None], texture, axis=None)
+    assert out.n_clusters == [2, 3] and out.persistence == [6, 5]
+    assert (out.levels[0] == size_ordered(two, keep_zero=False)).all()
+    assert (out.levels[1] == size_ordered(three, keep_zero=False)).all()
+
+
 def test_the_runner_refines_texture_levels_and_keeps_them_size_ordered(tmp_path):
     model = random_model_file(tmp_path / "grey.pt")
     rng = np.random.default_rng(0)
@@ -89,7 +109,7 @@ def test_the_runner_refines_texture_levels_and_keeps_them_size_ordered(tmp_path)
     assert "refine" in refined.seconds and "refine" not in plain.seconds
     assert any(not np.array_equal(a, b) for a, b in zip(plain.levels, refined.levels, strict=True))
     assert len(refined.persistence) == len(refined.levels)
-    assert all(np.diff(refined.n_clusters) > 0)  # coarsest first, still
+    assert all(np.diff(refined.n_clusters) >= 0)  # coarsest first, still
     for level, n in zip(refined.levels, refined.n_clusters, strict=True):
         counts = np.bincount(level.ravel())[1:]
         assert counts.size == n and (counts > 0).all() and (np.diff(counts) <= 0).all()

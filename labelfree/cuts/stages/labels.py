@@ -94,8 +94,9 @@ def refine_maps(
     ``words`` are the ``(S, H, W)`` word ids of the label pass, in its slices; ``axis`` is
     the slicing axis of 3-D maps (None for 2-D). Persistent structures stay those chosen on
     the unrefined levels (refined levels no longer nest); the k-means map is left as it is.
-    Labels are renumbered by decreasing voxel count again, and a level left with no more
-    clusters than a coarser one is dropped. Changes ``maps`` and returns it.
+    Labels are renumbered by decreasing voxel count again; the levels are reordered by their
+    new cluster count and a level equal to the one before it is dropped. Changes ``maps`` and
+    returns it.
     """
     scale = REFINE_SCALE * texture.scale
 
@@ -108,9 +109,16 @@ def refine_maps(
     for i, level in enumerate(maps.levels):  # one at a time: the old map is freed at once
         maps.levels[i] = refined(level, keep_zero=False)
     maps.persistent = refined(maps.persistent, keep_zero=True)
-    # Small segments can be absorbed by their neighbours; keep the levels coarsest first.
+    # Small segments can be absorbed by their neighbours, so a finer level may now hold fewer
+    # clusters than a coarser one: reorder by cluster count (stable) rather than drop it, as
+    # such levels are often the best; drop only a level equal to the one before it.
     counts = [int(level.max()) for level in maps.levels]
-    kept = [i for i, n in enumerate(counts) if n > max(counts[:i], default=0)]
+    order = sorted(range(len(counts)), key=counts.__getitem__)
+    kept = [
+        i
+        for j, i in enumerate(order)
+        if j == 0 or not np.array_equal(maps.levels[i], maps.levels[order[j - 1]])
+    ]
     maps.levels = [maps.levels[i] for i in kept]
     maps.n_clusters = [counts[i] for i in kept]
     maps.persistence = [maps.persistence[i] for i in kept]
