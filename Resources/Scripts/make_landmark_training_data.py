@@ -109,6 +109,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         "equivariance_px": args.equivariance_px,
         "equivariance_shift_px": args.equivariance_shift_px,
         "equivariance_pose": (args.equivariance_rotation_deg, args.equivariance_log_scale),
+        "appearance": args.appearance,
         "prior_fade": None if args.prior_fade < 0 else args.prior_fade,
     }
     if args.lam is not None:
@@ -254,6 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--equivariance-log-scale", type=float, default=0.0, help="std of their log-scale per axis"
+    )
+    p.add_argument(
+        "--appearance",
+        type=float,
+        default=0.0,
+        help="strength of scanner-like changes (bias, contrast, blur) of the network's inputs",
     )
     p.add_argument(
         "--prior-fade",

@@ -114,7 +114,8 @@ def save(*args, **kwargs):
     return real_save(*args, **kwargs)
 train.save_landmark_model = save
 train.train_from_files(sys.argv[2:], sys.argv[1], n_landmarks=6, epochs=2, seed=0,
-                       input_size=64, device="cpu", batch_size=4, equivariance=1.0)
+                       input_size=64, device="cpu", batch_size=4, equivariance=1.0,
+                       appearance=0.5)
 """
 
 

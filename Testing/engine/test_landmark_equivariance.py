@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from labelfree.landmarks.augment import random_warp_points
 from labelfree.landmarks.regressor import LandmarkRegressor
 from labelfree.landmarks.synthetic import shepp_logan_population
 from labelfree.landmarks.tps import tps_map, warp_image
-from labelfree.landmarks.train import equivariance_error, random_warp_points, train_landmarks
+from labelfree.landmarks.train import equivariance_error, train_landmarks
 
 SIZE = 64
 

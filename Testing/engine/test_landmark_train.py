@@ -261,7 +261,7 @@ def test_3d_training_runs(head):
 
 
 def test_random_warps_are_smooth_seeded_and_keep_corners():
-    from labelfree.landmarks.train import random_warps
+    from labelfree.landmarks.augment import random_warps
 
     image = torch.rand(2, 1, 24, 24, generator=torch.Generator().manual_seed(0))
     same = random_warps(image, 0.0)
@@ -275,8 +275,8 @@ def test_random_warps_are_smooth_seeded_and_keep_corners():
 
 @pytest.mark.parametrize("ndim", [2, 3])
 def test_pose_in_the_equivariance_warps_is_a_rotation_and_scale_about_the_centre(ndim):
+    from labelfree.landmarks.augment import random_warp_points
     from labelfree.landmarks.tps import tps_map
-    from labelfree.landmarks.train import random_warp_points
 
     shape = (32,) * ndim
     target, source = random_warp_points(

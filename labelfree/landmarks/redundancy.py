@@ -363,8 +363,9 @@ def warp_disagreement(
         between the landmark found on the warped image, mapped back, and the one found
         on the image (0 for the fixed corners).
     """
+    from labelfree.landmarks.augment import random_warp_points
     from labelfree.landmarks.tps import tps_map, warp_image
-    from labelfree.landmarks.train import DEFAULT_EQUIVARIANCE_PX, random_warp_points
+    from labelfree.landmarks.train import DEFAULT_EQUIVARIANCE_PX
 
     ndim = images.ndim - 2
     sigma_px = DEFAULT_EQUIVARIANCE_PX[ndim] if sigma_px is None else sigma_px

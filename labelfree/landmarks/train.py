@@ -44,6 +44,7 @@ from labelfree.distributed import (
     sum_over_ranks,
 )
 from labelfree.errors import InputError
+from labelfree.landmarks.augment import random_appearance, random_warp_points
 from labelfree.landmarks.loss import DEFAULT_LAMBDA, registration_loss
 from labelfree.landmarks.model import (
     NORMALISATION,
@@ -53,7 +54,7 @@ from labelfree.landmarks.model import (
     save_landmark_model,
     whiten,
 )
-from labelfree.landmarks.regressor import LandmarkRegressor, corner_landmarks
+from labelfree.landmarks.regressor import LandmarkRegressor
 from labelfree.landmarks.tps import tps_map, warp_image
 from labelfree.progress import Progress, ProgressCallback, run_steps
 from labelfree.trainingdata import begin_training
@@ -196,113 +197,6 @@ def _batch_targets(sources: np.ndarray, pool: np.ndarray, rng: np.random.Generat
     return rng.choice(others, 1) if len(others) else sources.copy()
 
 
-def random_warp_points(
-    batch: int,
-    shape: Sequence[int],
-    sigma_px: float,
-    generator: torch.Generator | None = None,
-    dtype: torch.dtype = torch.float32,
-    shift_px: float = 0.0,
-    pose: tuple[float, float] = (0.0, 0.0),
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Control points of random smooth warps, as :func:`random_warps` draws them.
-
-    Parameters
-    ----------
-    batch : int
-        Number of warps.
-    shape : sequence of int
-        Array shape of the images, ``(y, x)`` or ``(z, y, x)``.
-    sigma_px : float
-        Displacement std in pixels.
-    generator : torch.Generator, optional
-        Source of randomness.
-    dtype : torch.dtype
-        Of the result.
-    shift_px : float
-        Std in pixels of a global translation on top (corners included), so
-        that no part of the frame stays put; drawn after the local moves.
-    pose : (float, float)
-        Std of a rotation about the centre (degrees, per rotation plane) and of a
-        log-scale per axis, applied last to every point (corners included), so that
-        landmarks learn to follow a subject's pose; drawn only when not zero.
-
-    Returns
-    -------
-    target, source : Tensor
-        ``(batch, K, D)`` normalised ``(x, y[, z])``; the warped image at a
-        point ``q`` shows the original at ``tps_map(q, target, source)``.
-    """
-    ndim = len(shape)
-    axis = torch.linspace(-0.6, 0.6, 3, dtype=dtype)
-    mesh = torch.meshgrid(*([axis] * ndim), indexing="ij")
-    grid = torch.stack([m.ravel() for m in mesh], dim=-1)
-    control = torch.cat([grid, corner_landmarks(ndim).to(dtype)])
-    pixel = 2.0 / (torch.tensor(tuple(shape)[::-1], dtype=dtype) - 1)
-    delta = torch.randn(batch, len(grid), ndim, generator=generator, dtype=dtype)
-    delta = torch.cat([delta * sigma_px * pixel, torch.zeros(batch, 2**ndim, ndim, dtype=dtype)], 1)
-    if shift_px > 0:
-        shift = torch.randn(batch, 1, ndim, generator=generator, dtype=dtype)
-        delta = delta + shift * shift_px * pixel
-    target = control.expand(batch, -1, -1)
-    source = target + delta
-    if any(pose):
-        source = source @ _random_linear(batch, ndim, pose, generator, dtype).transpose(1, 2)
-    return target, source
-
-
-def _random_linear(
-    batch: int,
-    ndim: int,
-    pose: tuple[float, float],
-    generator: torch.Generator | None,
-    dtype: torch.dtype,
-) -> torch.Tensor:
-    """``(batch, D, D)`` rotations (std ``pose[0]`` degrees per plane) times per-axis scales
-    (log-scale std ``pose[1]``)."""
-    planes = [(0, 1)] if ndim == 2 else [(0, 1), (0, 2), (1, 2)]
-    angles = torch.randn(batch, len(planes), generator=generator, dtype=dtype)
-    angles = angles * float(np.deg2rad(pose[0]))
-    scales = torch.exp(torch.randn(batch, ndim, generator=generator, dtype=dtype) * pose[1])
-    linear = torch.diag_embed(scales)
-    for k, (a, b) in enumerate(planes):
-        turn = torch.eye(ndim, dtype=dtype).repeat(batch, 1, 1)
-        cos, sin = torch.cos(angles[:, k]), torch.sin(angles[:, k])
-        turn[:, a, a], turn[:, b, b], turn[:, a, b], turn[:, b, a] = cos, cos, -sin, sin
-        linear = turn @ linear
-    return linear
-
-
-def random_warps(
-    images: torch.Tensor, sigma_px: float, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """Augment images with random smooth warps (one per image).
-
-    A 3-per-axis grid of control points in ``[-0.6, 0.6]`` moves by an
-    isotropic Gaussian of ``sigma_px`` pixels; the corners stay put
-    (:func:`random_warp_points`).
-
-    Parameters
-    ----------
-    images : Tensor
-        ``(B, C, *shape)``.
-    sigma_px : float
-        Displacement std in pixels of ``images``.
-    generator : torch.Generator, optional
-        Source of randomness.
-
-    Returns
-    -------
-    Tensor
-        Warped images, same shape.
-    """
-    target, source = random_warp_points(
-        images.shape[0], images.shape[2:], sigma_px, generator, images.dtype
-    )
-    target, source = target.to(images.device), source.to(images.device)
-    return warp_image(images, target, source, field_stride=4)
-
-
 def equivariance_error(
     model: LandmarkRegressor,
     clean: torch.Tensor,
@@ -314,6 +208,7 @@ def equivariance_error(
     positions: Sequence[int] | None = None,
     draws: int | None = None,
     pose: tuple[float, float] = (0.0, 0.0),
+    appearance: float = 0.0,
 ) -> torch.Tensor:
     """Mean squared landmark disagreement under a random smooth warp (normalised units).
 
@@ -338,6 +233,10 @@ def equivariance_error(
         share of a batch draws what one process draws for the whole batch.
     pose : (float, float)
         Rotation (degrees) and log-scale std of the warp's pose (:func:`random_warp_points`).
+    appearance : float
+        Strength of a scanner-like change of the warped image
+        (:func:`~labelfree.landmarks.augment.random_appearance`), so that landmarks stay
+        put when only the appearance changes; 0 (off) draws nothing.
 
     Returns
     -------
@@ -351,6 +250,7 @@ def equivariance_error(
     )
     target, source = target[positions].to(clean.device), source[positions].to(clean.device)
     inputs = warp_image(clean, target, source, field_stride=4)
+    inputs = random_appearance(inputs, appearance, generator, positions, draws)
     if noise_std > 0:
         noise = torch.randn((draws, *clean.shape[1:]), generator=generator, dtype=inputs.dtype)
         inputs = inputs + noise_std * noise[positions].to(inputs.device)
@@ -384,6 +284,7 @@ def _pair_loss(
     equivariance_shift_px: float = 0.0,
     world: World = SINGLE,
     equivariance_pose: tuple[float, float] = (0.0, 0.0),
+    appearance: float = 0.0,
 ):
     """The training loss of the pairs ``src[i] -> tgt[i]``, or this rank's weighted share.
 
@@ -406,7 +307,7 @@ def _pair_loss(
         clean = warp_image(clean[needed], target, source, field_stride=4)
     else:
         clean = clean[needed]
-    inputs = clean
+    inputs = random_appearance(clean, appearance, generator, needed, len(unique))
     if noise_std > 0:
         noise = torch.randn((len(unique), *clean.shape[1:]), generator=generator)[needed]
         inputs = inputs + noise_std * noise.to(inputs.dtype).to(inputs.device)
@@ -439,6 +340,7 @@ def _pair_loss(
             positions=scored,
             draws=len(unique),
             pose=equivariance_pose,
+            appearance=appearance,
         )
         terms.equivariance = error
         terms.total = terms.total + equivariance * scored_weight * error
@@ -472,6 +374,7 @@ def train_landmarks_steps(
     equivariance_px: float | None = None,
     equivariance_shift_px: float = 0.0,
     equivariance_pose: tuple[float, float] = (0.0, 0.0),
+    appearance: float = 0.0,
     prior_fade: float | None = 0.25,
     checkpoint: str | os.PathLike | None = None,
     resume: str | os.PathLike | None = None,
@@ -547,6 +450,11 @@ def train_landmarks_steps(
         Std of a rotation (degrees) and of a log-scale per axis added to each
         equivariance warp, corners included, so that landmarks follow a subject's
         pose, not only local shape (:func:`random_warp_points`); off by default.
+    appearance : float
+        Strength of scanner-like changes (bias, contrast, blur:
+        :func:`~labelfree.landmarks.augment.random_appearance`) of the images the network
+        sees, in the image pairs and the equivariance term; the loss still compares the
+        unchanged images. 0 (default) is off.
     prior_fade : float or None
         Heatmap head only: its Gaussian start prior (which puts every
         image's landmarks at the same place at first) fades linearly to
@@ -579,6 +487,8 @@ def train_landmarks_steps(
         raise InputError("epochs and batch_size must be at least 1.")
     if equivariance < 0 or bending < 0:
         raise InputError("The equivariance and bending weights must be 0 (off) or positive.")
+    if appearance < 0:
+        raise InputError(f"appearance must be 0 (off) or positive, got {appearance}.")
     equivariance_px = equivariance_px or DEFAULT_EQUIVARIANCE_PX[ndim]
     _check_sizes(n_landmarks, ndim, input_size, fixed_corners)
     images = list(images)
@@ -663,6 +573,7 @@ def train_landmarks_steps(
                 equivariance_shift_px,
                 world,
                 tuple(equivariance_pose),
+                appearance,
             )
             optimiser.zero_grad(set_to_none=True)
             # Every rank skips a step that is not finite on any rank, so the models stay equal.
@@ -700,6 +611,7 @@ def train_landmarks_steps(
             equivariance_px=equivariance_px,
             equivariance_shift_px=equivariance_shift_px,
             equivariance_pose=tuple(equivariance_pose),
+            appearance=appearance,
         )
         history["train"].append(float(np.mean(losses)) if losses else float("nan"))
         history["val"].append(val_total)
@@ -740,6 +652,7 @@ def train_landmarks_steps(
         "equivariance_px": equivariance_px,
         "equivariance_shift_px": equivariance_shift_px,
         "equivariance_pose": list(equivariance_pose),
+        "appearance": appearance,
         "prior_fade": prior_fade if head == "heatmap" else None,
         "n_train": len(train_idx) if len(val_idx) != len(images) else len(images),
         "n_val": len(val_idx),
