@@ -200,8 +200,8 @@ def _curve(unit: torch.Tensor, log_slopes: torch.Tensor) -> torch.Tensor:
     knots = (knots / knots[:, -1:]).to(unit)
     scaled = unit.flatten(1).clamp(0, 1) * pieces
     piece = scaled.floor().clamp(max=pieces - 1)
-    left = torch.gather(knots, 1, piece.long())
-    right = torch.gather(knots, 1, piece.long() + 1)
+    index = piece.long()
+    left, right = torch.gather(knots, 1, index), torch.gather(knots, 1, index + 1)
     return (left + (scaled - piece) * (right - left)).reshape(unit.shape)
 
 
